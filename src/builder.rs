@@ -1,0 +1,206 @@
+//! Configuration of a cache before it is built.
+
+use std::fmt;
+use std::hash::{BuildHasher, Hash};
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use crate::cache::{Cache, Shared};
+use crate::clock::{Clock, TimeSource};
+use crate::error::BuildError;
+use crate::reaper::Reaper;
+
+/// Time-to-live used when none is set: 24 hours, the retention Stripe
+/// documents for idempotency keys.
+pub const DEFAULT_TIME_TO_LIVE: Duration = Duration::from_secs(24 * 3600);
+
+/// The largest shard count a cache accepts.
+pub const MAX_SHARDS: usize = 1 << 16;
+
+/// Builds a [`Cache`]; start from [`Cache::builder`].
+///
+/// | option | default |
+/// |---|---|
+/// | [`time_to_live`](Self::time_to_live) | 24 h ([`DEFAULT_TIME_TO_LIVE`]) |
+/// | [`max_entries`](Self::max_entries) | unbounded |
+/// | [`shards`](Self::shards) | `(4 × available cores).next_power_of_two()` |
+/// | [`background_eviction`](Self::background_eviction) | off: no thread |
+/// | [`clock`](Self::clock) | the monotonic clock ([`MonotonicClock`](crate::clock::MonotonicClock)) |
+/// | [`hasher`](Self::hasher) | [`ahash::RandomState`] (randomly seeded) |
+///
+/// Invalid values are reported by [`build`](Self::build) as a [`BuildError`]
+/// naming the option, never by a panic.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use idemcache::Cache;
+///
+/// # #[derive(Clone)] struct Receipt;
+/// let cache: Cache<String, Receipt> = Cache::builder()
+///     .time_to_live(Duration::from_secs(24 * 3600))
+///     .max_entries(1_000_000)
+///     .shards(64)
+///     .background_eviction(Duration::from_secs(1))
+///     .build()?;
+/// # Ok::<(), idemcache::BuildError>(())
+/// ```
+#[must_use = "a builder does nothing until .build() is called"]
+pub struct CacheBuilder<K, V, S = ahash::RandomState> {
+    time_to_live: Duration,
+    max_entries: Option<usize>,
+    shards: Option<usize>,
+    background_eviction: Option<Duration>,
+    time: Option<TimeSource>,
+    hasher: S,
+    _types: PhantomData<fn() -> (K, V)>,
+}
+
+impl<K, V> CacheBuilder<K, V, ahash::RandomState> {
+    pub(crate) fn new() -> Self {
+        Self {
+            time_to_live: DEFAULT_TIME_TO_LIVE,
+            max_entries: None,
+            shards: None,
+            background_eviction: None,
+            time: None,
+            hasher: ahash::RandomState::new(),
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<K, V, S> CacheBuilder<K, V, S> {
+    /// How long an entry stays live after it is written, unless written with
+    /// [`Cache::insert_with_ttl`]. An entry written at `t` is returned while
+    /// `now < t + time_to_live` and never after. Must be non-zero.
+    pub fn time_to_live(mut self, time_to_live: Duration) -> Self {
+        self.time_to_live = time_to_live;
+        self
+    }
+
+    /// A hard bound on the number of entries (see [`Cache`]'s "Capacity"
+    /// section for what a full cache evicts). Must be at least 1. Unbounded
+    /// by default.
+    pub fn max_entries(mut self, max_entries: usize) -> Self {
+        self.max_entries = Some(max_entries);
+        self
+    }
+
+    /// Number of independently locked shards. More shards mean less lock
+    /// contention between threads; any count from 1 to [`MAX_SHARDS`] works
+    /// (a power of two is not required).
+    pub fn shards(mut self, shards: usize) -> Self {
+        self.shards = Some(shards);
+        self
+    }
+
+    /// Starts a background thread, named `idemcache-reaper`, that purges
+    /// expired entries every `interval` in bounded batches. It stops when the
+    /// last handle of the cache is dropped. Without this option no thread is
+    /// ever started: writes reclaim expired entries as they go.
+    pub fn background_eviction(mut self, interval: Duration) -> Self {
+        self.background_eviction = Some(interval);
+        self
+    }
+
+    /// The clock expiry is measured against. Pass a
+    /// [`ManualClock`](crate::clock::ManualClock) in tests to move time by
+    /// hand; the cache's type does not change.
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.time = Some(TimeSource::from_clock(clock));
+        self
+    }
+
+    /// The hasher for keys and shard selection, for example a fixed-seed
+    /// hasher in tests so runs are reproducible.
+    ///
+    /// ```
+    /// use idemcache::Cache;
+    ///
+    /// let cache: Cache<u64, u64, ahash::RandomState> = Cache::builder()
+    ///     .hasher(ahash::RandomState::with_seeds(1, 2, 3, 4))
+    ///     .build()
+    ///     .unwrap();
+    /// # cache.insert(1, 1);
+    /// ```
+    pub fn hasher<S2>(self, hasher: S2) -> CacheBuilder<K, V, S2> {
+        CacheBuilder {
+            time_to_live: self.time_to_live,
+            max_entries: self.max_entries,
+            shards: self.shards,
+            background_eviction: self.background_eviction,
+            time: self.time,
+            hasher,
+            _types: PhantomData,
+        }
+    }
+
+    /// Checks the configuration and builds the cache.
+    ///
+    /// # Errors
+    ///
+    /// A [`BuildError`] for a zero `time_to_live`, `max_entries`, `shards` or
+    /// eviction interval, more than [`MAX_SHARDS`] shards, or a reaper thread
+    /// the operating system would not start.
+    pub fn build(self) -> Result<Cache<K, V, S>, BuildError>
+    where
+        K: Hash + Eq + Send + 'static,
+        V: Send + 'static,
+        S: BuildHasher + Send + Sync + 'static,
+    {
+        if self.time_to_live.is_zero() {
+            return Err(BuildError::ZeroTimeToLive);
+        }
+        if self.max_entries == Some(0) {
+            return Err(BuildError::ZeroMaxEntries);
+        }
+        let shards = match self.shards {
+            Some(0) => return Err(BuildError::ZeroShards),
+            Some(n) if n > MAX_SHARDS => return Err(BuildError::TooManyShards { requested: n }),
+            Some(n) => n,
+            None => default_shards(),
+        };
+        if self.background_eviction.is_some_and(|d| d.is_zero()) {
+            return Err(BuildError::ZeroEvictionInterval);
+        }
+        let shared = Shared::new(
+            shards,
+            self.time_to_live,
+            self.max_entries,
+            self.time.unwrap_or_else(TimeSource::monotonic),
+            self.hasher,
+        );
+        let reaper = match self.background_eviction {
+            Some(interval) => Some(
+                Reaper::spawn(crate::sync::Arc::clone(&shared), interval).map_err(|e| {
+                    BuildError::SpawnReaper {
+                        reason: e.to_string(),
+                    }
+                })?,
+            ),
+            None => None,
+        };
+        Ok(Cache::from_parts(shared, reaper))
+    }
+}
+
+/// `(4 × available cores).next_power_of_two()`: enough shards that threads
+/// rarely meet on one lock.
+fn default_shards() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (4 * cores).next_power_of_two().min(MAX_SHARDS)
+}
+
+impl<K, V, S> fmt::Debug for CacheBuilder<K, V, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheBuilder")
+            .field("time_to_live", &self.time_to_live)
+            .field("max_entries", &self.max_entries)
+            .field("shards", &self.shards)
+            .field("background_eviction", &self.background_eviction)
+            .field("clock", &self.time.as_ref().map_or("monotonic", |t| t.describe()))
+            .finish_non_exhaustive()
+    }
+}

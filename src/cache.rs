@@ -1,0 +1,785 @@
+//! The cache handle and the state its clones share.
+
+use std::borrow::Borrow;
+use std::fmt;
+use std::future::Future;
+use std::hash::{BuildHasher, Hash};
+use std::ops::Deref;
+use std::time::Duration;
+
+use crate::builder::CacheBuilder;
+use crate::clock::{TimeSource, duration_to_nanos};
+use crate::flight::{self, Flight, Outcome};
+use crate::reaper::{Reap, Reaper};
+use crate::shard::{Graveyard, Limit, Lookup, Shard, WriteKey, WriteResult};
+use crate::stats::Stats;
+use crate::sync::{Arc, Mutex, thread};
+
+/// Queue items a purge (explicit or by the reaper) looks at per lock hold,
+/// so that no shard is locked for long.
+const PURGE_BATCH: usize = 256;
+
+/// An expiring, sharded, concurrent map from idempotency keys to results,
+/// with single-flight computation.
+///
+/// `Cache` is a cheap handle: [`Clone`] it freely (one reference count), and
+/// every clone shares one map. It is `Send + Sync` when `K` and `V` are
+/// `Send` (and the hasher is `Send + Sync`).
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use idemcache::Cache;
+///
+/// #[derive(Clone, Debug, PartialEq)]
+/// struct Receipt { charge_id: u64 }
+///
+/// let cache: Cache<String, Receipt> = Cache::builder()
+///     .time_to_live(Duration::from_secs(24 * 3600))
+///     .build()?;
+///
+/// // The first request with this key charges the card...
+/// let first = cache.get_or_compute("key-123".to_string(), || {
+///     Ok::<_, std::io::Error>(Receipt { charge_id: 1 })
+/// })?;
+/// // ...a retry with the same key replays the stored receipt.
+/// let retry = cache.get_or_compute("key-123".to_string(), || {
+///     unreachable!("the retry must not charge again")
+/// })?;
+/// assert_eq!(first, retry);
+/// assert_eq!(cache.get("key-123"), Some(Receipt { charge_id: 1 }));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// # Expiry
+///
+/// An entry written at time `t` with time-to-live `d` is returned while
+/// `now < t + d` and never once `now >= t + d`, by every read
+/// (`get`, `contains_key`, `remove`, `get_or_compute`), whether or not it has
+/// been reclaimed yet. Expired entries still count in [`len`](Self::len)
+/// until they are reclaimed: by writes to their shard (a few per write),
+/// by [`purge_expired`](Self::purge_expired), or by the background reaper.
+///
+/// # Capacity
+///
+/// With [`max_entries`](CacheBuilder::max_entries), [`len`](Self::len) never
+/// exceeds the bound. A write of a new key into a full cache first reclaims
+/// an expired entry of its shard, else evicts the live entry of its shard
+/// with the soonest deadline (the oldest write among equal deadlines);
+/// with one shard that is exactly the soonest in the cache. If the written
+/// shard has no entry at all, room is made in another shard the same way.
+/// The entry being written is never the one evicted, and computations in
+/// progress are not entries: they are never evicted and do not count.
+pub struct Cache<K, V, S = ahash::RandomState> {
+    shared: Arc<Shared<K, V, S>>,
+    /// Shared by handles only (the reaper holds `shared`, not this), so it
+    /// is dropped with the last handle, which stops the reaper.
+    lifetime: Arc<Lifetime>,
+}
+
+struct Lifetime {
+    _reaper: Option<Reaper>,
+}
+
+/// Keeps each shard's lock on its own cache lines, so that threads working
+/// on neighbouring shards do not slow each other down.
+#[repr(align(128))]
+struct Padded<T>(T);
+
+impl<T> Deref for Padded<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+/// The state all handles of one cache share.
+pub(crate) struct Shared<K, V, S> {
+    shards: Box<[Padded<Mutex<Shard<K, V>>>]>,
+    hasher: S,
+    time: TimeSource,
+    /// Default time-to-live in nanoseconds.
+    ttl: u64,
+    time_to_live: Duration,
+    limit: Option<Limit>,
+}
+
+impl<K, V> Cache<K, V, ahash::RandomState> {
+    /// A builder with the default configuration (see [`CacheBuilder`]).
+    pub fn builder() -> CacheBuilder<K, V, ahash::RandomState> {
+        CacheBuilder::new()
+    }
+}
+
+impl<K, V> Cache<K, V, ahash::RandomState>
+where
+    K: Hash + Eq + Clone + Send + 'static,
+    V: Clone + Send + 'static,
+{
+    /// A cache with the default configuration: 24 h time-to-live, unbounded,
+    /// no background thread.
+    pub fn new() -> Self {
+        Self::builder()
+            .build()
+            .expect("the default configuration is valid and starts no thread")
+    }
+}
+
+impl<K, V> Default for Cache<K, V, ahash::RandomState>
+where
+    K: Hash + Eq + Clone + Send + 'static,
+    V: Clone + Send + 'static,
+{
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<K, V, S> Clone for Cache<K, V, S> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+            lifetime: Arc::clone(&self.lifetime),
+        }
+    }
+}
+
+impl<K, V, S> Cache<K, V, S> {
+    pub(crate) fn from_parts(shared: Arc<Shared<K, V, S>>, reaper: Option<Reaper>) -> Self {
+        Self {
+            shared,
+            lifetime: Arc::new(Lifetime { _reaper: reaper }),
+        }
+    }
+
+    /// The default time-to-live of entries.
+    pub fn time_to_live(&self) -> Duration {
+        self.shared.time_to_live
+    }
+
+    /// The bound on entries, if any.
+    pub fn max_entries(&self) -> Option<usize> {
+        self.shared.limit.as_ref().map(Limit::max)
+    }
+
+    /// The number of shards.
+    pub fn shard_count(&self) -> usize {
+        self.shared.shards.len()
+    }
+
+    /// The number of entries stored, including expired entries that have
+    /// not been reclaimed yet. Exact when no other thread is writing; after
+    /// [`purge_expired`](Self::purge_expired) it counts live entries only.
+    ///
+    /// ```
+    /// use idemcache::Cache;
+    ///
+    /// let cache: Cache<u32, u32> = Cache::new();
+    /// cache.insert(1, 10);
+    /// cache.insert(1, 11);
+    /// cache.insert(2, 20);
+    /// assert_eq!(cache.len(), 2);
+    /// ```
+    pub fn len(&self) -> usize {
+        self.shared.shards.iter().map(|s| s.lock().len()).sum()
+    }
+
+    /// Whether [`len`](Self::len) is zero.
+    pub fn is_empty(&self) -> bool {
+        self.shared.shards.iter().all(|s| s.lock().len() == 0)
+    }
+
+    /// The cache's counters, summed over shards.
+    pub fn stats(&self) -> Stats {
+        let mut total = Stats::default();
+        for shard in self.shared.shards.iter() {
+            total.merge(&shard.lock().stats);
+        }
+        total
+    }
+
+    /// Removes every entry. Computations in progress are not cancelled, but
+    /// their results will not be stored (their callers still receive them).
+    ///
+    /// ```
+    /// use idemcache::Cache;
+    ///
+    /// let cache: Cache<u32, u32> = Cache::new();
+    /// cache.insert(1, 10);
+    /// cache.clear();
+    /// assert!(cache.is_empty());
+    /// ```
+    pub fn clear(&self) {
+        for shard in self.shared.shards.iter() {
+            let removed = shard.lock().clear();
+            self.shared.release(removed.len());
+            drop(removed); // after unlocking: user `Drop` runs unlocked
+        }
+    }
+}
+
+impl<K, V, S> Cache<K, V, S>
+where
+    K: Hash + Eq + Clone,
+    V: Clone,
+    S: BuildHasher,
+{
+    /// The value of `key`, if it is stored and live.
+    ///
+    /// ```
+    /// use idemcache::Cache;
+    ///
+    /// let cache: Cache<String, u32> = Cache::new();
+    /// cache.insert("a".to_string(), 1);
+    /// assert_eq!(cache.get("a"), Some(1)); // looked up with a &str
+    /// assert_eq!(cache.get("b"), None);
+    /// ```
+    pub fn get<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let hash = self.shared.hash(key);
+        let now = self.shared.time.now();
+        let mut shard = self.shared.shard(hash).lock();
+        let value = shard.get_live(hash, key, now).cloned();
+        match value {
+            Some(_) => shard.stats.hits += 1,
+            None => shard.stats.misses += 1,
+        }
+        value
+    }
+
+    /// Whether `key` is stored and live. Counts neither a hit nor a miss.
+    ///
+    /// ```
+    /// use idemcache::Cache;
+    ///
+    /// let cache: Cache<&str, u32> = Cache::new();
+    /// cache.insert("a", 1);
+    /// assert!(cache.contains_key("a"));
+    /// assert!(!cache.contains_key("b"));
+    /// ```
+    pub fn contains_key<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let hash = self.shared.hash(key);
+        let now = self.shared.time.now();
+        self.shared
+            .shard(hash)
+            .lock()
+            .get_live(hash, key, now)
+            .is_some()
+    }
+
+    /// Stores `value` under `key` with the cache's time-to-live, replacing
+    /// any previous value. If a computation of `key` is in progress, its
+    /// result will not overwrite this value.
+    ///
+    /// ```
+    /// use idemcache::Cache;
+    ///
+    /// let cache: Cache<&str, u32> = Cache::new();
+    /// cache.insert("a", 1);
+    /// cache.insert("a", 2);
+    /// assert_eq!(cache.get("a"), Some(2));
+    /// ```
+    pub fn insert(&self, key: K, value: V) {
+        self.shared.insert(key, value, self.shared.ttl);
+    }
+
+    /// Stores `value` under `key`, live for `time_to_live` from now instead
+    /// of the cache's default. A zero duration stores an entry that is
+    /// already expired (it replaces the previous value and is never
+    /// returned).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use idemcache::Cache;
+    /// use idemcache::clock::ManualClock;
+    ///
+    /// let clock = ManualClock::new();
+    /// let cache: Cache<&str, u32> = Cache::builder().clock(clock.clone()).build()?;
+    /// cache.insert_with_ttl("short", 1, Duration::from_secs(5));
+    /// clock.advance(Duration::from_secs(5));
+    /// assert_eq!(cache.get("short"), None);
+    /// # Ok::<(), idemcache::BuildError>(())
+    /// ```
+    pub fn insert_with_ttl(&self, key: K, value: V, time_to_live: Duration) {
+        self.shared
+            .insert(key, value, duration_to_nanos(time_to_live));
+    }
+
+    /// Removes `key`, returning its value if it was live. An expired entry is
+    /// removed too, but its value is not returned. A computation of `key` in
+    /// progress is not cancelled, but its result will not be stored.
+    ///
+    /// ```
+    /// use idemcache::Cache;
+    ///
+    /// let cache: Cache<&str, u32> = Cache::new();
+    /// cache.insert("a", 1);
+    /// assert_eq!(cache.remove("a"), Some(1));
+    /// assert_eq!(cache.remove("a"), None);
+    /// ```
+    pub fn remove<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let hash = self.shared.hash(key);
+        let now = self.shared.time.now();
+        let removed = self.shared.shard(hash).lock().remove(hash, key)?;
+        self.shared.release(1);
+        // Dropped (key, and value if expired) after the lock is released.
+        (now < removed.deadline).then_some(removed.value)
+    }
+
+    /// Reclaims every expired entry now, in bounded batches (no shard is
+    /// locked for long), and returns how many it removed.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use idemcache::Cache;
+    /// use idemcache::clock::ManualClock;
+    ///
+    /// let clock = ManualClock::new();
+    /// let cache: Cache<u32, u32> = Cache::builder()
+    ///     .time_to_live(Duration::from_secs(1))
+    ///     .clock(clock.clone())
+    ///     .build()?;
+    /// cache.insert(1, 1);
+    /// cache.insert(2, 2);
+    /// clock.advance(Duration::from_secs(1));
+    /// assert_eq!(cache.len(), 2); // expired, not yet reclaimed
+    /// assert_eq!(cache.purge_expired(), 2);
+    /// assert_eq!(cache.len(), 0);
+    /// # Ok::<(), idemcache::BuildError>(())
+    /// ```
+    pub fn purge_expired(&self) -> usize {
+        self.shared.purge(&|| false)
+    }
+
+    /// Returns the live value of `key`, or computes it once, however many
+    /// callers ask at the same time.
+    ///
+    /// If `key` has a live value, it is returned and `compute` is not
+    /// called. Otherwise one caller, the leader, runs its `compute`; callers
+    /// that arrive meanwhile block until it ends.
+    ///
+    /// # Concurrent calls on the same key
+    ///
+    /// - At most one computation per key runs at a time, across all clones
+    ///   of the cache, blocking and async callers together.
+    /// - Leader `Ok(v)`: `v` is stored with the default time-to-live and
+    ///   every waiter returns `Ok(v.clone())` without running its closure.
+    /// - Leader `Err(e)`: nothing is stored, the leader returns `Err(e)`,
+    ///   and one waiter becomes the new leader and runs its own closure
+    ///   (errors are never shared or cached). A panic in `compute`
+    ///   propagates to the leader's caller and hands over the same way;
+    ///   nothing is poisoned.
+    /// - `compute` runs with no lock held: it may use the cache freely for
+    ///   other keys. Calling `get_or_compute` for the *same* key from inside
+    ///   `compute` deadlocks, as it would wait for itself.
+    /// - A [`remove`](Self::remove), [`clear`](Self::clear) or newer
+    ///   [`insert`](Self::insert) of `key` while `compute` runs wins: the
+    ///   leader and its waiters still receive the computed value, but it is
+    ///   not stored over the newer state.
+    ///
+    /// Flights are per key, not per error type: callers with different `E`
+    /// share one flight.
+    ///
+    /// This call blocks the thread while waiting; in async code use
+    /// [`get_or_compute_async`](Self::get_or_compute_async).
+    ///
+    /// # Errors
+    ///
+    /// The leader's `Err`, returned to the leader only.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    /// use std::sync::Barrier;
+    /// use idemcache::Cache;
+    ///
+    /// let cache: Cache<&str, u64> = Cache::new();
+    /// let charges = AtomicUsize::new(0);
+    /// let start = Barrier::new(4);
+    /// std::thread::scope(|s| {
+    ///     for _ in 0..4 {
+    ///         s.spawn(|| {
+    ///             start.wait();
+    ///             let receipt = cache.get_or_compute("order-7", || {
+    ///                 charges.fetch_add(1, Ordering::SeqCst);
+    ///                 Ok::<_, String>(42)
+    ///             });
+    ///             assert_eq!(receipt, Ok(42));
+    ///         });
+    ///     }
+    /// });
+    /// assert_eq!(charges.load(Ordering::SeqCst), 1); // charged once
+    ///
+    /// // Errors are not cached: the next caller tries again.
+    /// let failed: Result<u64, &str> = cache.get_or_compute("order-8", || Err("declined"));
+    /// assert_eq!(failed, Err("declined"));
+    /// assert_eq!(cache.get_or_compute("order-8", || Ok::<_, &str>(8)), Ok(8));
+    /// ```
+    pub fn get_or_compute<E, F>(&self, key: K, compute: F) -> Result<V, E>
+    where
+        F: FnOnce() -> Result<V, E>,
+    {
+        let hash = self.shared.hash(&key);
+        let mut caller = Caller::default();
+        let mut key = key;
+        let leader = loop {
+            match self.shared.lookup_or_lead(hash, key, &mut caller) {
+                Step::Hit(value) => return Ok(value),
+                Step::Lead(leader) => break leader,
+                Step::Wait(flight, returned) => match flight.wait() {
+                    Some(value) => return Ok(value),
+                    None => key = returned, // abandoned: try to lead
+                },
+            }
+        };
+        // On `Err` or a panic, `leader` is dropped here, which hands over.
+        let value = compute()?;
+        Ok(leader.complete(value))
+    }
+
+    /// The async form of [`get_or_compute`](Self::get_or_compute), with the
+    /// same semantics; waiting callers stay pending (with a registered
+    /// waker) instead of blocking a thread. Works under any executor: it
+    /// depends on no runtime.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the returned future is safe at any point. A dropped waiter
+    /// leaves the flight. A dropped leader (a timeout, a client gone) hands
+    /// over like an `Err`: nothing is stored and a waiter takes over. A
+    /// leader that is neither polled nor dropped keeps its waiters waiting.
+    ///
+    /// # Errors
+    ///
+    /// The leader's `Err`, returned to the leader only.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use idemcache::Cache;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let cache: Cache<String, String> = Cache::new();
+    /// let receipt = cache
+    ///     .get_or_compute_async("key-1".to_string(), || async {
+    ///         Ok::<_, std::io::Error>("charged".to_string())
+    ///     })
+    ///     .await
+    ///     .unwrap();
+    /// assert_eq!(receipt, "charged");
+    /// # }
+    /// ```
+    pub fn get_or_compute_async<E, F, Fut>(
+        &self,
+        key: K,
+        compute: F,
+    ) -> impl Future<Output = Result<V, E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<V, E>>,
+    {
+        async move {
+            let hash = self.shared.hash(&key);
+            let mut caller = Caller::default();
+            let mut key = key;
+            let leader = loop {
+                match self.shared.lookup_or_lead(hash, key, &mut caller) {
+                    Step::Hit(value) => return Ok(value),
+                    Step::Lead(leader) => break leader,
+                    Step::Wait(flight, returned) => match flight::wait_async(flight).await {
+                        Some(value) => return Ok(value),
+                        None => key = returned,
+                    },
+                }
+            };
+            // On `Err`, or if this future is dropped, `leader` is dropped,
+            // which hands over.
+            let value = compute().await?;
+            Ok(leader.complete(value))
+        }
+    }
+}
+
+impl<K, V, S> fmt::Debug for Cache<K, V, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cache")
+            .field("len", &self.len())
+            .field("shards", &self.shard_count())
+            .field("time_to_live", &self.time_to_live())
+            .field("max_entries", &self.max_entries())
+            .field("clock", &self.shared.time.describe())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What one `get_or_compute` call has been counted as so far, so that a
+/// waiter that retries after a failed leader is counted once.
+#[derive(Default)]
+struct Caller {
+    looked_up: bool,
+    waited: bool,
+}
+
+/// The next step of a `get_or_compute` call.
+enum Step<'a, K, V, S> {
+    Hit(V),
+    Lead(Leader<'a, K, V, S>),
+    /// Wait for the flight; the key comes back for a retry if it fails.
+    Wait(Arc<Flight<V>>, K),
+}
+
+/// The leader's obligation to end its flight. Dropping it without calling
+/// [`complete`](Self::complete), on `Err`, panic or a dropped future,
+/// abandons the flight: nothing is stored and the waiters retry.
+struct Leader<'a, K, V, S> {
+    shared: &'a Shared<K, V, S>,
+    hash: u64,
+    flight: Arc<Flight<V>>,
+    done: bool,
+}
+
+impl<K, V, S> Leader<'_, K, V, S>
+where
+    K: Hash + Eq,
+    V: Clone,
+    S: BuildHasher,
+{
+    /// Stores `value` (unless the key was invalidated meanwhile), hands it
+    /// to the waiters, and returns it to the leader.
+    fn complete(mut self, value: V) -> V {
+        self.shared.store(
+            self.hash,
+            WriteKey::Flight(&self.flight),
+            value.clone(),
+            self.shared.ttl,
+        );
+        // The flight has left the shard, so no new waiter can join: if
+        // nobody else holds it, nobody can observe the outcome and the clone
+        // is skipped.
+        let outcome = if Arc::strong_count(&self.flight) > 1 {
+            Outcome::Completed(value.clone())
+        } else {
+            Outcome::Abandoned
+        };
+        self.flight.finish(outcome);
+        self.done = true;
+        value
+    }
+}
+
+impl<K, V, S> Drop for Leader<'_, K, V, S> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let key = self.shared.shard(self.hash).lock().abandon_flight(self.hash, &self.flight);
+        drop(key);
+        self.flight.finish(Outcome::Abandoned);
+    }
+}
+
+impl<K, V, S> Shared<K, V, S> {
+    pub(crate) fn new(
+        shards: usize,
+        time_to_live: Duration,
+        max_entries: Option<usize>,
+        time: TimeSource,
+        hasher: S,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            shards: (0..shards).map(|_| Padded(Mutex::new(Shard::new()))).collect(),
+            hasher,
+            time,
+            ttl: duration_to_nanos(time_to_live),
+            time_to_live,
+            limit: max_entries.map(Limit::new),
+        })
+    }
+
+    /// The shard for `hash`. Uses the bits below hashbrown's 7-bit tag (the
+    /// top bits) so shard choice and in-table position stay independent;
+    /// the multiply maps them onto any shard count without a division.
+    #[inline]
+    fn shard_index(&self, hash: u64) -> usize {
+        ((u128::from(hash << 7) * self.shards.len() as u128) >> 64) as usize
+    }
+
+    #[inline]
+    fn shard(&self, hash: u64) -> &Mutex<Shard<K, V>> {
+        &self.shards[self.shard_index(hash)]
+    }
+
+    /// Gives back room for `n` removed entries.
+    fn release(&self, n: usize) {
+        if let Some(limit) = &self.limit {
+            limit.release(n);
+        }
+    }
+}
+
+impl<K, V, S> Shared<K, V, S>
+where
+    K: Hash + Eq,
+    S: BuildHasher,
+{
+    #[inline]
+    fn hash<Q: Hash + ?Sized>(&self, key: &Q) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    fn insert(&self, key: K, value: V, ttl: u64) {
+        let hash = self.hash(&key);
+        self.store(hash, WriteKey::Owned(key), value, ttl);
+    }
+
+    /// Stores `value`; see [`Shard::write`]. Loops only when the cache is
+    /// full and the written shard has nothing to give up.
+    fn store(&self, hash: u64, key: WriteKey<'_, K, V>, value: V, ttl: u64) {
+        let index = self.shard_index(hash);
+        let flight = match key {
+            WriteKey::Flight(flight) => Some(flight),
+            WriteKey::Owned(_) => None,
+        };
+        let (mut key, mut value) = (key, value);
+        loop {
+            // Declared before the guard, so dropped after it is released.
+            let mut grave = Graveyard::new();
+            let now = self.time.now();
+            let deadline = now.saturating_add(ttl);
+            let result = self.shards[index].lock().write(
+                hash,
+                key,
+                value,
+                deadline,
+                now,
+                self.limit.as_ref(),
+                &self.hasher,
+                &mut grave,
+            );
+            match result {
+                WriteResult::Stored | WriteResult::Invalidated => return,
+                WriteResult::NeedRoom(returned_key, returned_value) => {
+                    key = match (returned_key, flight) {
+                        (Some(owned), _) => WriteKey::Owned(owned),
+                        (None, Some(flight)) => WriteKey::Flight(flight),
+                        (None, None) => unreachable!("an owned key is always handed back"),
+                    };
+                    value = returned_value;
+                    self.make_room_elsewhere(index, now);
+                }
+            }
+        }
+    }
+
+    /// Frees one unit of the bound from a shard other than `written`: an
+    /// expired entry, else the soonest deadline. Locks one shard at a time.
+    fn make_room_elsewhere(&self, written: usize, now: u64) {
+        let count = self.shards.len();
+        for offset in 1..count {
+            let mut grave = Graveyard::new();
+            let freed = self.shards[(written + offset) % count]
+                .lock()
+                .give_up_one(now, &mut grave);
+            if freed {
+                self.release(1);
+                return;
+            }
+        }
+        // Every unit is held by a write that is inserting right now under
+        // another shard's lock; it will be stored in a moment.
+        thread::yield_now();
+    }
+
+    /// Purges expired entries shard by shard, `PURGE_BATCH` queue items per
+    /// lock hold, asking `stop` between batches. Returns how many it removed.
+    fn purge(&self, stop: &dyn Fn() -> bool) -> usize {
+        let mut total = 0;
+        for shard in self.shards.iter() {
+            loop {
+                let mut grave = Graveyard::new();
+                let now = self.time.now();
+                let reclaimed = shard.lock().reclaim_due(now, PURGE_BATCH, &mut grave);
+                self.release(reclaimed.entries);
+                total += reclaimed.entries;
+                drop(grave);
+                if !reclaimed.more_due {
+                    break;
+                }
+                if stop() {
+                    return total;
+                }
+            }
+        }
+        total
+    }
+
+    /// The first step of `get_or_compute`: a hit, a flight to wait on, or
+    /// the lead of a new flight.
+    fn lookup_or_lead(&self, hash: u64, key: K, caller: &mut Caller) -> Step<'_, K, V, S>
+    where
+        V: Clone,
+    {
+        let now = self.time.now();
+        let mut shard = self.shard(hash).lock();
+        let (lookup, key) = shard.lookup_or_lead(hash, key, now);
+        let first = !std::mem::replace(&mut caller.looked_up, true);
+        let stats = &mut shard.stats;
+        match lookup {
+            Lookup::Hit(value) => {
+                if first {
+                    stats.hits += 1;
+                }
+                drop(shard);
+                Step::Hit(value)
+            }
+            Lookup::Join(flight) => {
+                if first {
+                    stats.misses += 1;
+                }
+                if !std::mem::replace(&mut caller.waited, true) {
+                    stats.coalesced += 1;
+                }
+                drop(shard);
+                Step::Wait(flight, key.expect("a joining caller keeps its key"))
+            }
+            Lookup::Lead(flight) => {
+                if first {
+                    stats.misses += 1;
+                }
+                stats.computations += 1;
+                drop(shard);
+                Step::Lead(Leader {
+                    shared: self,
+                    hash,
+                    flight,
+                    done: false,
+                })
+            }
+        }
+    }
+}
+
+impl<K, V, S> Reap for Shared<K, V, S>
+where
+    K: Hash + Eq + Send + 'static,
+    V: Send + 'static,
+    S: BuildHasher + Send + Sync + 'static,
+{
+    fn reap(&self, stop: &dyn Fn() -> bool) {
+        self.purge(stop);
+    }
+}

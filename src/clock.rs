@@ -1,0 +1,296 @@
+//! Time sources for expiry.
+//!
+//! A cache reads its clock to stamp each write with a deadline and to decide
+//! whether an entry is still live. The default is the monotonic clock
+//! ([`MonotonicClock`], [`Instant::now`]); tests plug in a [`ManualClock`] and
+//! move time by hand, so expiry is checked exactly, without sleeping.
+//!
+//! ```
+//! use std::time::Duration;
+//! use idemcache::Cache;
+//! use idemcache::clock::ManualClock;
+//!
+//! let clock = ManualClock::new();
+//! let cache: Cache<&str, u32> = Cache::builder()
+//!     .time_to_live(Duration::from_secs(10))
+//!     .clock(clock.clone())
+//!     .build()?;
+//!
+//! cache.insert("order-1", 7);
+//! clock.advance(Duration::from_secs(9));
+//! assert_eq!(cache.get("order-1"), Some(7));
+//! clock.advance(Duration::from_secs(1)); // now == written + TTL: expired
+//! assert_eq!(cache.get("order-1"), None);
+//! # Ok::<(), idemcache::BuildError>(())
+//! ```
+
+use std::any::Any;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use crate::sync::Arc;
+use crate::sync::atomic::{AtomicU64, Ordering};
+
+/// A source of monotonic time for a cache.
+///
+/// Implement it to drive expiry from your own notion of time (a simulation,
+/// a coarse clock shared with the rest of a server). Time must never go
+/// backwards: a clock that does would make expired entries live again.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Instant;
+/// use idemcache::clock::Clock;
+///
+/// /// A clock that reads the system's monotonic clock, as the default does.
+/// struct Monotonic;
+///
+/// impl Clock for Monotonic {
+///     fn now(&self) -> Instant {
+///         Instant::now()
+///     }
+/// }
+///
+/// let cache: idemcache::Cache<u64, u64> = idemcache::Cache::builder()
+///     .clock(Monotonic)
+///     .build()
+///     .unwrap();
+/// cache.insert(1, 2);
+/// assert_eq!(cache.get(&1), Some(2));
+/// ```
+pub trait Clock: Send + Sync + 'static {
+    /// The current time. Successive calls must never go backwards.
+    fn now(&self) -> Instant;
+}
+
+/// The default clock: [`Instant::now`], the operating system's monotonic
+/// clock, read on every operation that needs the time (exact, never late).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MonotonicClock;
+
+impl Clock for MonotonicClock {
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+}
+
+/// A clock that only moves when told to, for tests and simulations.
+///
+/// Clones share one time: advance any clone and every cache built with any
+/// of them sees the new time. A cache built with a `ManualClock` measures
+/// expiry exactly, to the nanosecond.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use idemcache::clock::{Clock, ManualClock};
+///
+/// let clock = ManualClock::new();
+/// let other = clock.clone();
+/// let start = clock.now();
+/// other.advance(Duration::from_millis(1500));
+/// assert_eq!(clock.now() - start, Duration::from_millis(1500));
+/// assert_eq!(clock.elapsed(), Duration::from_millis(1500));
+/// ```
+#[derive(Clone)]
+pub struct ManualClock {
+    base: Instant,
+    /// Nanoseconds since `base`; saturates instead of wrapping.
+    offset_nanos: Arc<AtomicU64>,
+}
+
+impl ManualClock {
+    /// A clock standing at the moment of the call; it moves only through
+    /// [`advance`](Self::advance).
+    pub fn new() -> Self {
+        Self {
+            base: Instant::now(),
+            offset_nanos: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Moves time forward by `by`, for this clock and all its clones.
+    ///
+    /// Time saturates at about 584 years after the clock was made rather
+    /// than wrapping around.
+    pub fn advance(&self, by: Duration) {
+        let by = duration_to_nanos(by);
+        // A CAS loop rather than fetch_add so that time saturates instead of
+        // wrapping back to the past.
+        let mut current = self.offset_nanos.load(Ordering::Acquire);
+        loop {
+            let next = current.saturating_add(by);
+            match self.offset_nanos.compare_exchange_weak(
+                current,
+                next,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return,
+                Err(seen) => current = seen,
+            }
+        }
+    }
+
+    /// How far this clock has been advanced since it was made.
+    pub fn elapsed(&self) -> Duration {
+        Duration::from_nanos(self.offset())
+    }
+
+    fn offset(&self) -> u64 {
+        self.offset_nanos.load(Ordering::Acquire)
+    }
+}
+
+impl Default for ManualClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for ManualClock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ManualClock")
+            .field("elapsed", &self.elapsed())
+            .finish()
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Instant {
+        let offset = self.elapsed();
+        // Only a clock advanced by centuries can overflow `Instant`; stay at
+        // the furthest representable point rather than panicking or going
+        // backwards.
+        self.base.checked_add(offset).unwrap_or_else(|| {
+            let mut step = offset;
+            let mut at = self.base;
+            while !step.is_zero() {
+                if let Some(next) = at.checked_add(step) {
+                    at = next;
+                } else {
+                    step /= 2;
+                }
+            }
+            at
+        })
+    }
+}
+
+/// Nanoseconds in `d`, saturating at `u64::MAX` (about 584 years).
+pub(crate) fn duration_to_nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// The cache's view of time: nanoseconds since the cache was built, read
+/// from whichever clock it was given.
+///
+/// Deadlines are stored as these `u64` timestamps (8 bytes, compared with
+/// one instruction) instead of `Instant`s.
+pub(crate) enum TimeSource {
+    Monotonic {
+        epoch: Instant,
+    },
+    /// A `ManualClock` is read through its counter directly: exact, and
+    /// immune to `Instant` overflow.
+    Manual {
+        clock: ManualClock,
+        epoch_offset: u64,
+    },
+    Custom {
+        clock: Box<dyn Clock>,
+        epoch: Instant,
+    },
+}
+
+impl TimeSource {
+    pub(crate) fn monotonic() -> Self {
+        TimeSource::Monotonic {
+            epoch: Instant::now(),
+        }
+    }
+
+    pub(crate) fn from_clock<C: Clock>(clock: C) -> Self {
+        if let Some(manual) = (&clock as &dyn Any).downcast_ref::<ManualClock>() {
+            return TimeSource::Manual {
+                epoch_offset: manual.offset(),
+                clock: manual.clone(),
+            };
+        }
+        if (&clock as &dyn Any).is::<MonotonicClock>() {
+            return Self::monotonic();
+        }
+        let epoch = clock.now();
+        TimeSource::Custom {
+            clock: Box::new(clock),
+            epoch,
+        }
+    }
+
+    /// Nanoseconds since this cache's epoch.
+    #[inline]
+    pub(crate) fn now(&self) -> u64 {
+        match self {
+            TimeSource::Monotonic { epoch } => elapsed_nanos(*epoch, Instant::now()),
+            TimeSource::Manual {
+                clock,
+                epoch_offset,
+            } => clock.offset().saturating_sub(*epoch_offset),
+            TimeSource::Custom { clock, epoch } => elapsed_nanos(*epoch, clock.now()),
+        }
+    }
+
+    pub(crate) fn describe(&self) -> &'static str {
+        match self {
+            TimeSource::Monotonic { .. } => "monotonic",
+            TimeSource::Manual { .. } => "manual",
+            TimeSource::Custom { .. } => "custom",
+        }
+    }
+}
+
+#[inline]
+fn elapsed_nanos(epoch: Instant, now: Instant) -> u64 {
+    duration_to_nanos(now.saturating_duration_since(epoch))
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manual_clock_saturates_instead_of_wrapping() {
+        let clock = ManualClock::new();
+        clock.advance(Duration::MAX);
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(clock.elapsed(), Duration::from_nanos(u64::MAX));
+        // Reading it never panics and never goes back before the start.
+        assert!(clock.now() >= clock.base);
+    }
+
+    #[test]
+    fn manual_time_source_counts_from_the_build() {
+        let clock = ManualClock::new();
+        clock.advance(Duration::from_secs(5));
+        let source = TimeSource::from_clock(clock.clone());
+        assert_eq!(source.now(), 0);
+        clock.advance(Duration::from_nanos(7));
+        assert_eq!(source.now(), 7);
+        assert_eq!(source.describe(), "manual");
+    }
+
+    #[test]
+    fn custom_clock_goes_through_the_trait() {
+        struct Fixed(Instant);
+        impl Clock for Fixed {
+            fn now(&self) -> Instant {
+                self.0
+            }
+        }
+        let source = TimeSource::from_clock(Fixed(Instant::now()));
+        assert_eq!(source.now(), 0);
+        assert_eq!(source.describe(), "custom");
+    }
+}

@@ -1,0 +1,125 @@
+//! # idemcache
+//!
+//! The memory that makes retried requests safe, embedded in your process.
+//!
+//! A client retries after a timeout or a 500; without protection the server
+//! charges twice. With an idempotency key the server remembers the outcome of
+//! the first request under the key and replays it. `idemcache` is that
+//! memory: a sharded concurrent map from keys to results, with exact TTL
+//! expiry and a single-flight [`get_or_compute`](Cache::get_or_compute), so
+//! concurrent duplicates run the work once.
+//!
+//! ## Quick start
+//!
+//! ```
+//! use std::time::Duration;
+//! use idemcache::Cache;
+//!
+//! #[derive(Clone, Debug, PartialEq)]
+//! struct Receipt { charge_id: u64, amount_cents: u64 }
+//!
+//! let cache: Cache<String, Receipt> = Cache::builder()
+//!     .time_to_live(Duration::from_secs(24 * 3600)) // keep outcomes a day
+//!     .max_entries(1_000_000)                        // hard memory bound
+//!     .build()?;
+//!
+//! fn charge(amount_cents: u64) -> Result<Receipt, String> {
+//!     Ok(Receipt { charge_id: 1, amount_cents })
+//! }
+//!
+//! // Every attempt of one logical request carries the same key.
+//! let key = "5f1c7a0e-charge-42".to_string();
+//! let first = cache.get_or_compute(key.clone(), || charge(4200))?;
+//! let retry = cache.get_or_compute(key.clone(), || charge(4200))?; // replayed
+//! assert_eq!(first, retry);
+//! assert_eq!(cache.stats().computations, 1); // charged once
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Scope keys to the caller (for example `(tenant_id, key)` tuples as `K`):
+//! an unscoped key lets one client replay another's response.
+//!
+//! ## Concurrent calls on the same key
+//!
+//! [`Cache::get_or_compute`] and [`Cache::get_or_compute_async`] form one
+//! single-flight mechanism:
+//!
+//! - **One computation per key at a time**, across all clones of the cache,
+//!   blocking and async callers together. A live value is returned without
+//!   calling the closure; otherwise one caller (the leader) runs its closure
+//!   and the others wait: blocked without spinning, or pending with a
+//!   registered waker. They never run their closures if the leader succeeds.
+//! - **Only `Ok` is stored.** On `Ok(v)`, `v` is stored with the default TTL
+//!   and every waiter returns a clone. On `Err(e)` nothing is stored, the
+//!   leader alone gets `e`, and one waiter becomes the new leader and runs
+//!   its own closure. A panicking closure, or a dropped async leader, hands
+//!   over the same way; no lock is poisoned and no waiter hangs.
+//! - **No user code under a lock.** Closures run with no shard lock held and
+//!   may use the cache for other keys; different keys never wait on each
+//!   other. (`Hash`, `Eq` and `Clone` of keys and values do run under the
+//!   shard lock: keep them cheap, and wrap large values in `Arc`.)
+//! - **Invalidation wins.** A `remove`, `clear` or newer `insert` of the key
+//!   while its computation runs is not undone by the late result: the
+//!   leader and waiters still receive the value, but it is not stored.
+//!
+//! ## Expiry
+//!
+//! An entry written at `t` with time-to-live `d` is returned while
+//! `now < t + d` and never once `now >= t + d`, on every read path, whether
+//! or not it has been reclaimed. Time comes from the cache's
+//! [`Clock`](clock::Clock): the monotonic clock by default (exact), or a
+//! [`ManualClock`](clock::ManualClock) in tests (exact to the nanosecond).
+//!
+//! Expired entries are reclaimed without anyone calling cleanup: each write
+//! reclaims up to a few expired entries of its shard (bounded, amortised
+//! O(1) work found through a per-shard deadline queue, never by scanning
+//! live entries), [`Cache::purge_expired`] reclaims all of them, and
+//! [`CacheBuilder::background_eviction`] adds a thread that purges every
+//! interval. No thread exists unless asked for.
+//!
+//! ## Capacity
+//!
+//! [`CacheBuilder::max_entries`] is a hard bound: [`Cache::len`] never
+//! exceeds it. A write of a new key into a full cache reclaims an expired
+//! entry first, then evicts the live entry with the soonest deadline in the
+//! written shard (exactly the soonest in the cache when there is one shard).
+//! The entry being written is never evicted; computations in progress are
+//! not entries and are never evicted.
+//!
+//! ## What is and is not guaranteed
+//!
+//! - Guaranteed: the points above; `len()` exact when no write is running;
+//!   values dropped when removed, reclaimed, evicted or when the last handle
+//!   goes (and never under a shard lock when avoidable).
+//! - Not guaranteed: which entry a multi-shard full cache evicts beyond "the
+//!   soonest of the written shard"; a consistent snapshot across shards from
+//!   `len()` or `stats()` while writers run; progress for waiters of an async
+//!   leader that is neither polled nor dropped.
+//!
+//! ## Design
+//!
+//! Keys are hashed once (ahash) to pick a shard (from bits below hashbrown's
+//! tag bits) and a slot in the shard's hashbrown table. Each shard is a
+//! parking_lot mutex over its table, a binary heap of `(deadline, write
+//! sequence, hash)` items with lazy deletion, a small table of in-progress
+//! computations ("flights"), and its own counters. A flight carries its own
+//! mutex and condition variable plus a list of wakers, so waiters never hold
+//! the shard lock while they wait. Every synchronisation primitive comes
+//! through one internal module so the model checker can replace them.
+#![deny(missing_docs, unsafe_code)]
+#![warn(rust_2018_idioms, unreachable_pub)]
+
+mod builder;
+mod cache;
+pub mod clock;
+mod error;
+mod flight;
+mod reaper;
+mod shard;
+mod stats;
+mod sync;
+
+pub use builder::{CacheBuilder, DEFAULT_TIME_TO_LIVE, MAX_SHARDS};
+pub use cache::Cache;
+pub use error::BuildError;
+pub use stats::Stats;

@@ -1,0 +1,528 @@
+//! One shard: a hash table of entries, a deadline queue, and the table of
+//! flights (in-progress computations) for its keys.
+//!
+//! A shard is always used under its mutex (see `cache.rs`); nothing here
+//! locks, runs user closures, or drops entries it removes: removed entries
+//! go to a [`Graveyard`] that the caller drops after unlocking, so user
+//! `Drop` code never runs under a shard lock.
+//!
+//! # The deadline queue
+//!
+//! Every write pushes `(deadline, seq, hash)` onto a min-heap; `seq` is a
+//! per-shard write counter that identifies the entry version the item was
+//! pushed for. Removing or overwriting an entry leaves its item behind
+//! ("stale"): when a stale item reaches the top it no longer matches any
+//! entry's `seq` and is discarded. So finding expired entries only ever looks
+//! at items whose deadline has passed, never at live entries, and each item
+//! is popped at most once (amortised O(1) per write on top of the heap's
+//! O(log n) push). When stale items outnumber entries the heap is rebuilt
+//! from the table, which bounds its size to about twice the number of
+//! entries.
+
+use std::borrow::Borrow;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::hash::{BuildHasher, Hash};
+
+use hashbrown::HashTable;
+
+use crate::Stats;
+use crate::flight::Flight;
+use crate::sync::Arc;
+use crate::sync::atomic::{AtomicUsize, Ordering};
+
+/// Expired entries a write reclaims from its shard, at most, on top of its
+/// own work. More than one, so reclamation outpaces a write-only workload.
+pub(crate) const WRITE_RECLAIM_BUDGET: usize = 4;
+
+/// Stale queue items tolerated beyond twice the entry count before the
+/// queue is rebuilt.
+const QUEUE_SLACK: usize = 32;
+
+/// A stored value and when it stops being returned.
+pub(crate) struct Entry<K, V> {
+    pub(crate) key: K,
+    pub(crate) value: V,
+    /// Nanoseconds since the cache's epoch at which the entry expires: it is
+    /// live while `now < deadline`.
+    pub(crate) deadline: u64,
+    /// Which write produced this version of the entry (see the queue docs).
+    seq: u64,
+}
+
+/// A queue item; ordered by deadline, then by write order, so that among
+/// entries with one deadline the oldest write is evicted first.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Due {
+    deadline: u64,
+    seq: u64,
+    hash: u64,
+}
+
+/// A key whose value is being computed.
+pub(crate) struct FlightSlot<K, V> {
+    key: K,
+    flight: Arc<Flight<V>>,
+    /// The key's hash, kept so the (small) flight table can grow without
+    /// a hasher.
+    hash: u64,
+    /// Set by `remove`, `clear` or a newer `insert` of the key while the
+    /// computation runs: the late result must not overwrite that newer state.
+    invalidated: bool,
+}
+
+/// The global bound on entries, shared by all shards: `used` counts stored
+/// entries plus slots reserved by writes that are inserting right now.
+pub(crate) struct Limit {
+    max: usize,
+    used: AtomicUsize,
+}
+
+impl Limit {
+    pub(crate) fn new(max: usize) -> Self {
+        Self {
+            max,
+            used: AtomicUsize::new(0),
+        }
+    }
+
+    pub(crate) fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Reserves room for one more entry, if there is any.
+    fn try_acquire(&self) -> bool {
+        let mut used = self.used.load(Ordering::Relaxed);
+        while used < self.max {
+            match self.used.compare_exchange_weak(
+                used,
+                used + 1,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(seen) => used = seen,
+            }
+        }
+        false
+    }
+
+    /// Returns room for `n` removed entries.
+    pub(crate) fn release(&self, n: usize) {
+        if n > 0 {
+            let before = self.used.fetch_sub(n, Ordering::Relaxed);
+            debug_assert!(before >= n, "released more entries than stored");
+        }
+    }
+}
+
+/// Entries removed under the lock, dropped by the caller after unlocking.
+/// The first few live inline so that a typical write allocates nothing.
+pub(crate) struct Graveyard<K, V> {
+    inline: [Option<Entry<K, V>>; WRITE_RECLAIM_BUDGET],
+    inline_len: usize,
+    spill: Vec<Entry<K, V>>,
+    /// The value an overwrite replaced.
+    value: Option<V>,
+    /// A key that was not stored (the entry already had one, or the write
+    /// was invalidated).
+    key: Option<K>,
+}
+
+impl<K, V> Graveyard<K, V> {
+    pub(crate) fn new() -> Self {
+        Self {
+            inline: [const { None }; WRITE_RECLAIM_BUDGET],
+            inline_len: 0,
+            spill: Vec::new(),
+            value: None,
+            key: None,
+        }
+    }
+
+    fn bury(&mut self, entry: Entry<K, V>) {
+        if self.inline_len < self.inline.len() {
+            self.inline[self.inline_len] = Some(entry);
+            self.inline_len += 1;
+        } else {
+            self.spill.push(entry);
+        }
+    }
+}
+
+/// What one bounded reclamation step did.
+pub(crate) struct Reclaimed {
+    /// Expired entries removed.
+    pub(crate) entries: usize,
+    /// Whether due items may remain (the budget ran out before the queue's
+    /// head was in the future).
+    pub(crate) more_due: bool,
+}
+
+/// Where the key of a write comes from.
+pub(crate) enum WriteKey<'a, K, V> {
+    /// A plain `insert`: the caller owns the key.
+    Owned(K),
+    /// A leader completing its flight: the key is in the flight slot, which
+    /// the write removes when it stores the value.
+    Flight(&'a Arc<Flight<V>>),
+}
+
+/// What a write did. Whatever it displaced is in the graveyard.
+pub(crate) enum WriteResult<K, V> {
+    /// The value is stored.
+    Stored,
+    /// The flight was invalidated while it ran: nothing was stored, and its
+    /// slot is gone.
+    Invalidated,
+    /// The cache is full and this shard has nothing to evict: the caller
+    /// must make room in another shard and retry. Key and value come back.
+    NeedRoom(Option<K>, V),
+}
+
+/// What a lookup for `get_or_compute` found.
+pub(crate) enum Lookup<V> {
+    /// A live value.
+    Hit(V),
+    /// Another caller is computing the value: wait on this flight.
+    Join(Arc<Flight<V>>),
+    /// No value and no flight: the caller must compute it; the returned
+    /// flight is now registered under its key.
+    Lead(Arc<Flight<V>>),
+}
+
+pub(crate) struct Shard<K, V> {
+    entries: HashTable<Entry<K, V>>,
+    queue: BinaryHeap<Reverse<Due>>,
+    flights: HashTable<FlightSlot<K, V>>,
+    next_seq: u64,
+    /// Counters kept per shard, under the shard lock, so that counting
+    /// costs no shared atomic on the hot path.
+    pub(crate) stats: Stats,
+}
+
+impl<K, V> Shard<K, V> {
+    pub(crate) fn new() -> Self {
+        Self {
+            entries: HashTable::new(),
+            queue: BinaryHeap::new(),
+            flights: HashTable::new(),
+            next_seq: 0,
+            stats: Stats::default(),
+        }
+    }
+
+    /// Entries stored, expired ones not yet reclaimed included.
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// The entry for `key`, live or not.
+    fn find<Q>(&self, hash: u64, key: &Q) -> Option<&Entry<K, V>>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        self.entries.find(hash, |e| e.key.borrow() == key)
+    }
+
+    /// The value of `key` if it is live at `now`.
+    #[inline]
+    pub(crate) fn get_live<Q>(&self, hash: u64, key: &Q, now: u64) -> Option<&V>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        self.find(hash, key)
+            .filter(|e| now < e.deadline)
+            .map(|e| &e.value)
+    }
+
+    /// Removes `key`'s entry, live or expired, and invalidates a running
+    /// computation of it.
+    pub(crate) fn remove<Q>(&mut self, hash: u64, key: &Q) -> Option<Entry<K, V>>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        self.invalidate_flight(hash, key);
+        self.entries
+            .find_entry(hash, |e| e.key.borrow() == key)
+            .ok()
+            .map(|occupied| occupied.remove().0)
+    }
+
+    /// Marks a running computation of `key` so its result is not stored.
+    fn invalidate_flight<Q>(&mut self, hash: u64, key: &Q)
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        if self.flights.is_empty() {
+            return;
+        }
+        if let Some(slot) = self.flights.find_mut(hash, |s| s.key.borrow() == key) {
+            slot.invalidated = true;
+        }
+    }
+
+    /// Empties the shard: returns its entries (to drop after unlocking) and
+    /// invalidates every running computation.
+    pub(crate) fn clear(&mut self) -> HashTable<Entry<K, V>> {
+        for slot in self.flights.iter_mut() {
+            slot.invalidated = true;
+        }
+        self.queue.clear();
+        std::mem::take(&mut self.entries)
+    }
+
+    /// Pops due queue items (deadline `<= now`) and reclaims the expired
+    /// entries they point to, looking at no more than `budget` items.
+    pub(crate) fn reclaim_due(
+        &mut self,
+        now: u64,
+        budget: usize,
+        grave: &mut Graveyard<K, V>,
+    ) -> Reclaimed {
+        let mut reclaimed = Reclaimed {
+            entries: 0,
+            more_due: true,
+        };
+        for _ in 0..budget {
+            match self.pop_due(now) {
+                Some(Some(entry)) => {
+                    grave.bury(entry);
+                    reclaimed.entries += 1;
+                }
+                Some(None) => {} // a stale item
+                None => {
+                    reclaimed.more_due = false;
+                    break;
+                }
+            }
+        }
+        self.stats.expirations += reclaimed.entries as u64;
+        reclaimed
+    }
+
+    /// Reclaims one expired entry, skipping any number of stale items (each
+    /// is popped only once, so this stays amortised O(1)).
+    fn reclaim_one(&mut self, now: u64, grave: &mut Graveyard<K, V>) -> bool {
+        while let Some(popped) = self.pop_due(now) {
+            if let Some(entry) = popped {
+                grave.bury(entry);
+                self.stats.expirations += 1;
+                return true;
+            }
+        }
+        false
+    }
+
+    /// `None` when no item is due; `Some(None)` for a stale item;
+    /// `Some(Some(entry))` for a reclaimed expired entry.
+    fn pop_due(&mut self, now: u64) -> Option<Option<Entry<K, V>>> {
+        let Reverse(top) = *self.queue.peek()?;
+        if top.deadline > now {
+            return None;
+        }
+        self.queue.pop();
+        Some(self.take_version(top))
+    }
+
+    /// Evicts the entry with the soonest deadline (the oldest write among
+    /// equal deadlines).
+    fn evict_soonest(&mut self, grave: &mut Graveyard<K, V>) -> bool {
+        while let Some(Reverse(top)) = self.queue.pop() {
+            if let Some(entry) = self.take_version(top) {
+                grave.bury(entry);
+                self.stats.evictions += 1;
+                return true;
+            }
+        }
+        debug_assert!(self.entries.is_empty(), "every entry has a queue item");
+        false
+    }
+
+    /// Removes the entry version `item` was pushed for, if it still exists.
+    fn take_version(&mut self, item: Due) -> Option<Entry<K, V>> {
+        self.entries
+            .find_entry(item.hash, |e| e.seq == item.seq)
+            .ok()
+            .map(|occupied| occupied.remove().0)
+    }
+
+    /// Makes room in this shard for a write into a full cache that landed on
+    /// another shard: reclaims an expired entry, else evicts the soonest.
+    pub(crate) fn give_up_one(&mut self, now: u64, grave: &mut Graveyard<K, V>) -> bool {
+        self.reclaim_one(now, grave) || self.evict_soonest(grave)
+    }
+
+    /// Ends a flight without storing anything (the leader failed). Returns
+    /// the slot's key so the caller drops it after unlocking.
+    pub(crate) fn abandon_flight(&mut self, hash: u64, flight: &Arc<Flight<V>>) -> Option<K> {
+        self.flights
+            .find_entry(hash, |s| Arc::ptr_eq(&s.flight, flight))
+            .ok()
+            .map(|occupied| occupied.remove().0.key)
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        seq
+    }
+}
+
+impl<K: Hash + Eq, V> Shard<K, V> {
+    /// Looks `key` up for `get_or_compute`: a live value, a flight to join,
+    /// or a new flight that the caller now leads.
+    pub(crate) fn lookup_or_lead(&mut self, hash: u64, key: K, now: u64) -> (Lookup<V>, Option<K>)
+    where
+        V: Clone,
+    {
+        if let Some(value) = self.get_live(hash, &key, now) {
+            return (Lookup::Hit(value.clone()), Some(key));
+        }
+        if let Some(slot) = self.flights.find(hash, |s| s.key == key) {
+            return (Lookup::Join(Arc::clone(&slot.flight)), Some(key));
+        }
+        let flight = Arc::new(Flight::new());
+        self.flights.insert_unique(
+            hash,
+            FlightSlot {
+                key,
+                flight: Arc::clone(&flight),
+                hash,
+                invalidated: false,
+            },
+            |s| s.hash,
+        );
+        (Lookup::Lead(flight), None)
+    }
+
+    /// Stores `value` under the key given by `key`, reclaiming expired
+    /// entries on the way and, when `limit` says the cache is full, making
+    /// room in this shard (an expired entry first, else the soonest
+    /// deadline). See [`WriteResult`].
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn write<S: BuildHasher>(
+        &mut self,
+        hash: u64,
+        key: WriteKey<'_, K, V>,
+        value: V,
+        deadline: u64,
+        now: u64,
+        limit: Option<&Limit>,
+        hasher: &S,
+        grave: &mut Graveyard<K, V>,
+    ) -> WriteResult<K, V> {
+        // A late result whose key was removed, cleared or overwritten in the
+        // meantime is not stored.
+        if let WriteKey::Flight(flight) = key
+            && self.flight_slot(hash, flight).invalidated
+        {
+            grave.key = self.abandon_flight(hash, flight);
+            grave.value = Some(value);
+            return WriteResult::Invalidated;
+        }
+        let reclaimed = self.reclaim_due(now, WRITE_RECLAIM_BUDGET, grave);
+        if let Some(limit) = limit {
+            limit.release(reclaimed.entries);
+        }
+
+        let seq = self.next_seq();
+        let item = Due {
+            deadline,
+            seq,
+            hash,
+        };
+        // Overwrite in place: no change in the number of entries.
+        let existing = match &key {
+            WriteKey::Owned(key) => self.entries.find_mut(hash, |e| e.key == *key),
+            WriteKey::Flight(flight) => {
+                let slot = self
+                    .flights
+                    .find(hash, |s| Arc::ptr_eq(&s.flight, flight))
+                    .expect("a flight stays in its shard until its leader ends it");
+                self.entries.find_mut(hash, |e| e.key == slot.key)
+            }
+        };
+        if let Some(entry) = existing {
+            grave.value = Some(std::mem::replace(&mut entry.value, value));
+            entry.deadline = deadline;
+            entry.seq = seq;
+            self.stats.inserts += 1;
+            self.push_due(item, hasher);
+            grave.key = match key {
+                WriteKey::Owned(key) => Some(key),
+                WriteKey::Flight(flight) => self.abandon_flight(hash, flight),
+            };
+            return WriteResult::Stored;
+        }
+
+        // A new entry: take a unit of the global bound, or make room here.
+        if let Some(limit) = limit
+            && !limit.try_acquire()
+            && !self.give_up_one(now, grave)
+        {
+            let key = match key {
+                WriteKey::Owned(key) => Some(key),
+                WriteKey::Flight(_) => None,
+            };
+            return WriteResult::NeedRoom(key, value);
+        }
+        let key = match key {
+            WriteKey::Owned(key) => key,
+            WriteKey::Flight(flight) => self
+                .abandon_flight(hash, flight)
+                .expect("a flight stays in its shard until its leader ends it"),
+        };
+        self.entries.insert_unique(
+            hash,
+            Entry {
+                key,
+                value,
+                deadline,
+                seq,
+            },
+            |e| hasher.hash_one(&e.key),
+        );
+        self.stats.inserts += 1;
+        self.push_due(item, hasher);
+        WriteResult::Stored
+    }
+
+    fn flight_slot(&self, hash: u64, flight: &Arc<Flight<V>>) -> &FlightSlot<K, V> {
+        self.flights
+            .find(hash, |s| Arc::ptr_eq(&s.flight, flight))
+            .expect("a flight stays in its shard until its leader ends it")
+    }
+
+    fn push_due<S: BuildHasher>(&mut self, item: Due, hasher: &S) {
+        self.queue.push(Reverse(item));
+        if self.queue.len() > 2 * self.entries.len() + QUEUE_SLACK {
+            self.rebuild_queue(hasher);
+        }
+    }
+
+    /// Drops stale items: one item per entry afterwards.
+    fn rebuild_queue<S: BuildHasher>(&mut self, hasher: &S) {
+        let mut items = std::mem::take(&mut self.queue).into_vec();
+        items.clear();
+        items.extend(self.entries.iter().map(|e| {
+            Reverse(Due {
+                deadline: e.deadline,
+                seq: e.seq,
+                hash: hasher.hash_one(&e.key),
+            })
+        }));
+        items.shrink_to(2 * items.len() + QUEUE_SLACK);
+        self.queue = BinaryHeap::from(items);
+    }
+
+    /// Number of queue items, stale ones included (for tests).
+    #[cfg(test)]
+    fn queue_len(&self) -> usize {
+        self.queue.len()
+    }
+}
