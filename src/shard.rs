@@ -416,14 +416,17 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         hasher: &S,
         grave: &mut Graveyard<K, V>,
     ) -> WriteResult<K, V> {
-        // A late result whose key was removed, cleared or overwritten in the
-        // meantime is not stored.
-        if let WriteKey::Flight(flight) = key
-            && self.flight_slot(hash, flight).invalidated
-        {
-            grave.key = self.abandon_flight(hash, flight);
-            grave.value = Some(value);
-            return WriteResult::Invalidated;
+        match &key {
+            // A newer write wins over a computation of the key in progress.
+            WriteKey::Owned(key) => self.invalidate_flight(hash, key),
+            // A late result whose key was removed, cleared or overwritten in
+            // the meantime is not stored.
+            WriteKey::Flight(flight) if self.flight_slot(hash, flight).invalidated => {
+                grave.key = self.abandon_flight(hash, flight);
+                grave.value = Some(value);
+                return WriteResult::Invalidated;
+            }
+            WriteKey::Flight(_) => {}
         }
         let reclaimed = self.reclaim_due(now, WRITE_RECLAIM_BUDGET, grave);
         if let Some(limit) = limit {

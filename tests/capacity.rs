@@ -1,0 +1,165 @@
+//! Semantic 5: `max_entries` is a hard bound; a full cache reclaims expired
+//! entries first, then evicts the soonest deadline; the written entry and
+//! computations in progress are never evicted.
+
+mod common;
+
+use std::convert::Infallible;
+use std::sync::{Arc, Barrier, mpsc};
+use std::time::Duration;
+
+use common::manual_cache;
+use idemcache::Cache;
+
+const SEC: Duration = Duration::from_secs(1);
+
+#[test]
+fn len_never_exceeds_max_entries() {
+    for shards in [1, 3, 16] {
+        let (cache, clock) = manual_cache::<u64, u64>(SEC * 100, shards, Some(10));
+        for i in 0..1_000 {
+            cache.insert(i, i);
+            assert!(cache.len() <= 10, "{shards} shards: len {} after {i}", cache.len());
+            if i % 7 == 0 {
+                clock.advance(SEC);
+            }
+        }
+        assert_eq!(cache.len(), 10, "a full cache stays full");
+        let stats = cache.stats();
+        assert_eq!(stats.inserts, 1_000);
+        assert_eq!(stats.evictions + stats.expirations, 990);
+    }
+}
+
+#[test]
+fn bound_holds_under_concurrent_writers() {
+    let cache: Cache<u64, u64> = Cache::builder().max_entries(64).shards(8).build().unwrap();
+    let start = Barrier::new(3);
+    std::thread::scope(|s| {
+        for t in 0..2u64 {
+            let (cache, start) = (&cache, &start);
+            s.spawn(move || {
+                start.wait();
+                for i in 0..20_000 {
+                    cache.insert(t * 1_000_000 + i, i);
+                }
+            });
+        }
+        start.wait();
+        for _ in 0..2_000 {
+            assert!(cache.len() <= 64);
+        }
+    });
+    assert_eq!(cache.len(), 64, "concurrent writers fill the cache exactly");
+    assert_eq!(cache.stats().evictions, 40_000 - 64);
+}
+
+#[test]
+fn full_single_shard_evicts_exactly_the_soonest_deadline() {
+    let (cache, _clock) = manual_cache::<&str, u32>(SEC * 100, 1, Some(3));
+    cache.insert_with_ttl("a", 1, SEC * 30);
+    cache.insert_with_ttl("b", 2, SEC * 10);
+    cache.insert_with_ttl("c", 3, SEC * 20);
+    cache.insert("d", 4);
+    assert_eq!(cache.get("b"), None, "b had the soonest deadline");
+    assert_eq!(
+        (cache.get("a"), cache.get("c"), cache.get("d")),
+        (Some(1), Some(3), Some(4))
+    );
+    assert_eq!(cache.stats().evictions, 1);
+}
+
+#[test]
+fn equal_deadlines_evict_the_oldest_write_first() {
+    let (cache, _clock) = manual_cache::<&str, u32>(SEC * 100, 1, Some(2));
+    cache.insert("a", 1);
+    cache.insert("b", 2);
+    cache.insert("c", 3); // same instant, same TTL: "a" was written first
+    assert_eq!(cache.get("a"), None);
+    assert_eq!((cache.get("b"), cache.get("c")), (Some(2), Some(3)));
+}
+
+#[test]
+fn full_cache_reclaims_expired_before_evicting_live() {
+    let (cache, clock) = manual_cache::<&str, u32>(SEC * 100, 1, Some(3));
+    cache.insert("live-soon", 1); // deadline 100 s
+    cache.insert_with_ttl("expiring", 2, SEC * 150);
+    cache.insert_with_ttl("short", 3, SEC);
+    clock.advance(SEC * 2); // "short" is now expired
+    cache.insert("new", 4);
+    assert_eq!(cache.stats().evictions, 0, "no live entry evicted");
+    assert_eq!(cache.stats().expirations, 1);
+    assert_eq!(cache.get("live-soon"), Some(1));
+    assert_eq!(cache.get("expiring"), Some(2));
+    assert_eq!(cache.get("new"), Some(4));
+}
+
+#[test]
+fn the_entry_being_written_is_never_evicted() {
+    let (cache, _clock) = manual_cache::<u32, u32>(SEC * 100, 1, Some(2));
+    cache.insert(1, 1);
+    cache.insert(2, 2);
+    // The new entry has by far the soonest deadline, yet it is stored.
+    cache.insert_with_ttl(3, 3, Duration::from_nanos(1));
+    assert!(cache.contains_key(&3));
+    assert_eq!(cache.len(), 2);
+    // Overwriting a present key in a full cache evicts nothing.
+    cache.insert(2, 20);
+    assert_eq!(cache.stats().evictions, 1);
+    assert_eq!(cache.get(&2), Some(20));
+}
+
+#[test]
+fn multi_shard_full_cache_makes_room_even_when_the_written_shard_is_empty() {
+    // One entry allowed across 16 shards: every other write lands on a shard
+    // that holds nothing and must take room from another.
+    let (cache, _clock) = manual_cache::<u32, u32>(SEC * 100, 16, Some(1));
+    for i in 0..200 {
+        cache.insert(i, i);
+        assert_eq!(cache.len(), 1);
+        assert_eq!(cache.get(&i), Some(i), "the written entry survives");
+    }
+}
+
+#[test]
+fn computations_in_progress_do_not_count_and_are_not_evicted() {
+    let (cache, _clock) = manual_cache::<u32, u32>(SEC * 100, 1, Some(2));
+    let (entered_tx, entered_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    std::thread::scope(|s| {
+        let cache_ref = &cache;
+        let computing = s.spawn(move || {
+            cache_ref.get_or_compute(99, || {
+                entered_tx.send(()).unwrap();
+                release_rx.recv().unwrap();
+                Ok::<_, Infallible>(990)
+            })
+        });
+        entered_rx.recv().unwrap();
+        // The computation is not an entry: two entries still fit.
+        cache.insert(1, 1);
+        cache.insert(2, 2);
+        assert_eq!(cache.len(), 2);
+        assert_eq!(cache.stats().evictions, 0);
+        // Filling past the bound evicts entries, never the flight.
+        cache.insert(3, 3);
+        assert_eq!(cache.len(), 2);
+        release_tx.send(()).unwrap();
+        assert_eq!(computing.join().unwrap(), Ok(990));
+    });
+    assert_eq!(cache.get(&99), Some(990), "the computed value is stored");
+    assert_eq!(cache.len(), 2);
+}
+
+#[test]
+fn evicted_and_reclaimed_values_are_dropped() {
+    let live = Arc::new(std::sync::atomic::AtomicIsize::new(0));
+    let (cache, clock) = manual_cache::<u32, common::Tracked>(SEC, 2, Some(5));
+    for i in 0..50 {
+        cache.insert(i, common::Tracked::new(u64::from(i), &live));
+    }
+    assert_eq!(live.load(std::sync::atomic::Ordering::SeqCst), 5);
+    clock.advance(SEC);
+    cache.purge_expired();
+    assert_eq!(live.load(std::sync::atomic::Ordering::SeqCst), 0);
+}

@@ -1,0 +1,76 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicIsize, Ordering};
+use std::time::{Duration, Instant};
+
+use idemcache::Cache;
+use idemcache::clock::ManualClock;
+
+/// A cache on a manual clock with a fixed-seed hasher, so runs repeat.
+pub fn manual_cache<K, V>(
+    ttl: Duration,
+    shards: usize,
+    max_entries: Option<usize>,
+) -> (Cache<K, V, ahash::RandomState>, ManualClock)
+where
+    K: std::hash::Hash + Eq + Clone + Send + 'static,
+    V: Clone + Send + 'static,
+{
+    let clock = ManualClock::new();
+    let mut builder = Cache::builder()
+        .time_to_live(ttl)
+        .shards(shards)
+        .clock(clock.clone())
+        .hasher(ahash::RandomState::with_seeds(1, 2, 3, 4));
+    if let Some(max) = max_entries {
+        builder = builder.max_entries(max);
+    }
+    (builder.build().expect("valid test configuration"), clock)
+}
+
+/// Waits until `condition` holds, failing the test (instead of hanging) if
+/// it does not within 10 s. For waiting on *other threads*, never on expiry.
+pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// A value that counts its live instances, to check that nothing leaks.
+#[derive(Debug)]
+pub struct Tracked {
+    pub id: u64,
+    live: Arc<AtomicIsize>,
+}
+
+impl Tracked {
+    pub fn new(id: u64, live: &Arc<AtomicIsize>) -> Self {
+        live.fetch_add(1, Ordering::SeqCst);
+        Self {
+            id,
+            live: Arc::clone(live),
+        }
+    }
+}
+
+impl Clone for Tracked {
+    fn clone(&self) -> Self {
+        Tracked::new(self.id, &self.live)
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.live.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl PartialEq for Tracked {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+    }
+}
