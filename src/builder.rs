@@ -200,7 +200,10 @@ impl<K, V, S> fmt::Debug for CacheBuilder<K, V, S> {
             .field("max_entries", &self.max_entries)
             .field("shards", &self.shards)
             .field("background_eviction", &self.background_eviction)
-            .field("clock", &self.time.as_ref().map_or("monotonic", |t| t.describe()))
+            .field(
+                "clock",
+                &self.time.as_ref().map_or("monotonic", |t| t.describe()),
+            )
             .finish_non_exhaustive()
     }
 }

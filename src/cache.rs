@@ -44,7 +44,7 @@ const PURGE_BATCH: usize = 256;
 ///     Ok::<_, std::io::Error>(Receipt { charge_id: 1 })
 /// })?;
 /// // ...a retry with the same key replays the stored receipt.
-/// let retry = cache.get_or_compute("key-123".to_string(), || {
+/// let retry = cache.get_or_compute("key-123".to_string(), || -> Result<_, std::io::Error> {
 ///     unreachable!("the retry must not charge again")
 /// })?;
 /// assert_eq!(first, retry);
@@ -94,9 +94,12 @@ impl<T> Deref for Padded<T> {
     }
 }
 
+/// A shard behind its lock, alone on its cache lines.
+type ShardLock<K, V> = Padded<Mutex<Shard<K, V>>>;
+
 /// The state all handles of one cache share.
 pub(crate) struct Shared<K, V, S> {
-    shards: Box<[Padded<Mutex<Shard<K, V>>>]>,
+    shards: Box<[ShardLock<K, V>]>,
     hasher: S,
     time: TimeSource,
     /// Default time-to-live in nanoseconds.
@@ -483,34 +486,28 @@ where
     /// assert_eq!(receipt, "charged");
     /// # }
     /// ```
-    pub fn get_or_compute_async<E, F, Fut>(
-        &self,
-        key: K,
-        compute: F,
-    ) -> impl Future<Output = Result<V, E>>
+    pub async fn get_or_compute_async<E, F, Fut>(&self, key: K, compute: F) -> Result<V, E>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<V, E>>,
     {
-        async move {
-            let hash = self.shared.hash(&key);
-            let mut caller = Caller::default();
-            let mut key = key;
-            let leader = loop {
-                match self.shared.lookup_or_lead(hash, key, &mut caller) {
-                    Step::Hit(value) => return Ok(value),
-                    Step::Lead(leader) => break leader,
-                    Step::Wait(flight, returned) => match flight::wait_async(flight).await {
-                        Some(value) => return Ok(value),
-                        None => key = returned,
-                    },
-                }
-            };
-            // On `Err`, or if this future is dropped, `leader` is dropped,
-            // which hands over.
-            let value = compute().await?;
-            Ok(leader.complete(value))
-        }
+        let hash = self.shared.hash(&key);
+        let mut caller = Caller::default();
+        let mut key = key;
+        let leader = loop {
+            match self.shared.lookup_or_lead(hash, key, &mut caller) {
+                Step::Hit(value) => return Ok(value),
+                Step::Lead(leader) => break leader,
+                Step::Wait(flight, returned) => match flight::wait_async(flight).await {
+                    Some(value) => return Ok(value),
+                    None => key = returned,
+                },
+            }
+        };
+        // On `Err`, or if this future is dropped, `leader` is dropped, which
+        // hands over.
+        let value = compute().await?;
+        Ok(leader.complete(value))
     }
 }
 
@@ -586,7 +583,11 @@ impl<K, V, S> Drop for Leader<'_, K, V, S> {
         if self.done {
             return;
         }
-        let key = self.shared.shard(self.hash).lock().abandon_flight(self.hash, &self.flight);
+        let key = self
+            .shared
+            .shard(self.hash)
+            .lock()
+            .abandon_flight(self.hash, &self.flight);
         drop(key);
         self.flight.finish(Outcome::Abandoned);
     }
@@ -601,7 +602,9 @@ impl<K, V, S> Shared<K, V, S> {
         hasher: S,
     ) -> Arc<Self> {
         Arc::new(Self {
-            shards: (0..shards).map(|_| Padded(Mutex::new(Shard::new()))).collect(),
+            shards: (0..shards)
+                .map(|_| Padded(Mutex::new(Shard::new())))
+                .collect(),
             hasher,
             time,
             ttl: duration_to_nanos(time_to_live),

@@ -529,3 +529,68 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         self.queue.len()
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    type TestShard = Shard<u64, u64>;
+
+    fn hasher() -> ahash::RandomState {
+        ahash::RandomState::with_seeds(1, 2, 3, 4)
+    }
+
+    fn put(shard: &mut TestShard, key: u64, deadline: u64, now: u64) {
+        let hasher = hasher();
+        let mut grave = Graveyard::new();
+        let hash = hasher.hash_one(key);
+        let stored = shard.write(
+            hash,
+            WriteKey::Owned(key),
+            key,
+            deadline,
+            now,
+            None,
+            &hasher,
+            &mut grave,
+        );
+        assert!(matches!(stored, WriteResult::Stored));
+    }
+
+    #[test]
+    fn stale_queue_items_are_bounded_by_rebuilds() {
+        let mut shard = TestShard::new();
+        for round in 0..10_000 {
+            put(&mut shard, round % 8, 1_000_000 + round, 0);
+            assert!(shard.queue_len() <= 2 * shard.len() + QUEUE_SLACK + 1);
+        }
+        assert_eq!(shard.len(), 8);
+    }
+
+    #[test]
+    fn eviction_skips_stale_items_and_takes_the_soonest_live_entry() {
+        let mut shard = TestShard::new();
+        put(&mut shard, 1, 10, 0);
+        put(&mut shard, 2, 20, 0);
+        put(&mut shard, 1, 30, 0); // key 1's item at 10 is now stale
+        let mut grave = Graveyard::new();
+        assert!(shard.give_up_one(0, &mut grave));
+        assert_eq!(grave.inline[0].as_ref().map(|e| e.key), Some(2));
+        assert_eq!(shard.stats.evictions, 1);
+    }
+
+    #[test]
+    fn reclaim_budget_counts_items_not_entries() {
+        let mut shard = TestShard::new();
+        for key in 0..10 {
+            put(&mut shard, key, 5, 0);
+        }
+        let mut grave = Graveyard::new();
+        let first = shard.reclaim_due(5, 4, &mut grave);
+        assert_eq!((first.entries, first.more_due), (4, true));
+        let rest = shard.reclaim_due(5, 100, &mut grave);
+        assert_eq!((rest.entries, rest.more_due), (6, false));
+        assert_eq!(grave.spill.len(), 6, "entries past the inline slots spill");
+        assert_eq!(shard.len(), 0);
+    }
+}

@@ -63,13 +63,17 @@ mod inner {
     impl<T> Deref for MutexGuard<'_, T> {
         type Target = T;
         fn deref(&self) -> &T {
-            self.0.as_deref().expect("guard is present outside Condvar::wait")
+            self.0
+                .as_deref()
+                .expect("guard is present outside Condvar::wait")
         }
     }
 
     impl<T> DerefMut for MutexGuard<'_, T> {
         fn deref_mut(&mut self) -> &mut T {
-            self.0.as_deref_mut().expect("guard is present outside Condvar::wait")
+            self.0
+                .as_deref_mut()
+                .expect("guard is present outside Condvar::wait")
         }
     }
 

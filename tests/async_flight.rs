@@ -201,10 +201,9 @@ fn a_dropped_waiting_future_leaves_the_flight_cleanly() {
         {
             let waker = Waker::noop();
             let mut cx = Context::from_waker(waker);
-            let mut waiting =
-                pin!(cache.get_or_compute_async("k".to_string(), || async {
-                    Ok::<_, Infallible>(0)
-                }));
+            let mut waiting = pin!(
+                cache.get_or_compute_async("k".to_string(), || async { Ok::<_, Infallible>(0) })
+            );
             assert!(waiting.as_mut().poll(&mut cx).is_pending());
         } // dropped while pending
         assert_eq!(leader.join().unwrap(), Ok(9));

@@ -19,7 +19,11 @@ fn len_never_exceeds_max_entries() {
         let (cache, clock) = manual_cache::<u64, u64>(SEC * 100, shards, Some(10));
         for i in 0..1_000 {
             cache.insert(i, i);
-            assert!(cache.len() <= 10, "{shards} shards: len {} after {i}", cache.len());
+            assert!(
+                cache.len() <= 10,
+                "{shards} shards: len {} after {i}",
+                cache.len()
+            );
             if i % 7 == 0 {
                 clock.advance(SEC);
             }

@@ -32,7 +32,10 @@ fn entry_is_live_until_exactly_written_plus_ttl_on_every_read_path() {
         assert!(!cache.contains_key("k"));
         assert_eq!(cache.len(), 1, "expired but not reclaimed: still counted");
         // get_or_compute does not return the expired value: it recomputes.
-        assert_eq!(cache.get_or_compute("k".into(), || Ok::<_, Infallible>(2)), Ok(2));
+        assert_eq!(
+            cache.get_or_compute("k".into(), || Ok::<_, Infallible>(2)),
+            Ok(2)
+        );
         assert_eq!(cache.get("k"), Some(2));
         assert_eq!(cache.len(), 1);
     }
@@ -74,7 +77,11 @@ fn overwrite_restarts_the_ttl() {
     clock.advance(Duration::from_secs(6));
     cache.insert("k", 2);
     clock.advance(Duration::from_secs(6));
-    assert_eq!(cache.get("k"), Some(2), "the second write's deadline counts");
+    assert_eq!(
+        cache.get("k"),
+        Some(2),
+        "the second write's deadline counts"
+    );
     clock.advance(Duration::from_secs(4));
     assert_eq!(cache.get("k"), None);
 }

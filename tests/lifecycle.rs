@@ -64,11 +64,16 @@ fn computed_values_shared_with_waiters_are_not_leaked() {
             })
         });
         wait_until("the leader", || cache.stats().computations == 1);
-        let waiter = s.spawn(|| cache.get_or_compute(1, || Ok::<_, Infallible>(Tracked::new(2, &live))));
+        let waiter =
+            s.spawn(|| cache.get_or_compute(1, || Ok::<_, Infallible>(Tracked::new(2, &live))));
         assert_eq!(leader.join().unwrap().unwrap().id, 1);
         assert_eq!(waiter.join().unwrap().unwrap().id, 1);
     });
-    assert_eq!(live.load(Ordering::SeqCst), 1, "only the stored copy remains");
+    assert_eq!(
+        live.load(Ordering::SeqCst),
+        1,
+        "only the stored copy remains"
+    );
     drop(cache);
     assert_eq!(live.load(Ordering::SeqCst), 0);
 }
@@ -88,7 +93,12 @@ fn invalid_configuration_is_a_typed_error_not_a_panic() {
     assert_eq!(err, BuildError::ZeroShards);
     assert_eq!(err.field(), "shards");
     let err = build(Cache::builder().shards(MAX_SHARDS + 1)).unwrap_err();
-    assert_eq!(err, BuildError::TooManyShards { requested: MAX_SHARDS + 1 });
+    assert_eq!(
+        err,
+        BuildError::TooManyShards {
+            requested: MAX_SHARDS + 1
+        }
+    );
     let err = build(Cache::builder().background_eviction(Duration::ZERO)).unwrap_err();
     assert_eq!(err, BuildError::ZeroEvictionInterval);
     assert_eq!(err.field(), "background_eviction");

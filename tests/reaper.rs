@@ -49,7 +49,10 @@ fn reaper_purges_expired_entries_without_writes_and_exits_with_the_last_handle()
         .background_eviction(Duration::from_millis(5))
         .build()
         .unwrap();
-    assert_eq!(reaper_threads(), before + 1, "one named thread for this cache");
+    // The thread names itself as it starts: wait for that, not for time.
+    // Every test here also waits for its reaper to be gone before it ends,
+    // so `before` is stable.
+    wait_until("one named reaper thread", || reaper_threads() == before + 1);
 
     for i in 0..10_000 {
         cache.insert(i, i);
@@ -65,9 +68,12 @@ fn reaper_purges_expired_entries_without_writes_and_exits_with_the_last_handle()
     let clone = cache.clone();
     drop(cache);
     assert_eq!(reaper_threads(), before + 1);
-    // Dropping the last handle stops and joins the thread before returning.
+    clock.advance(Duration::from_secs(3600));
+    wait_until("the reaper to purge for the clone", || clone.is_empty());
+    // Dropping the last handle stops and joins the thread (the kernel may
+    // list the exited task for a moment after the join).
     drop(clone);
-    assert_eq!(reaper_threads(), before);
+    wait_until("the reaper to exit", || reaper_threads() == before);
 }
 
 #[test]
@@ -78,12 +84,10 @@ fn reaper_with_a_long_interval_still_exits_promptly() {
         .background_eviction(Duration::from_secs(3600))
         .build()
         .unwrap();
-    let started = std::time::Instant::now();
+    wait_until("the reaper to start", || reaper_threads() == before + 1);
+    // The reaper is asleep for an hour; dropping the cache must wake it.
     drop(cache);
-    assert_eq!(reaper_threads(), before);
-    // Not a timing assertion on speed: an hour-long sleep would hang the
-    // test run, and this bound only rules that out.
-    assert!(started.elapsed() < Duration::from_secs(60));
+    wait_until("the reaper to exit", || reaper_threads() == before);
 }
 
 #[test]
@@ -102,6 +106,7 @@ fn dropping_the_last_handle_from_inside_a_purged_value_does_not_deadlock() {
         .background_eviction(Duration::from_millis(1))
         .build()
         .unwrap();
+    wait_until("the reaper to start", || reaper_threads() == before + 1);
     cache.insert(1, OwnsCache(Some(cache.clone())));
     drop(cache); // the entry now holds the only handle
     clock.advance(Duration::from_secs(1));

@@ -87,7 +87,11 @@ fn leader_err_stores_nothing_and_a_waiter_takes_over_with_its_own_closure() {
             s.spawn(move || cache.get_or_compute("k".to_string(), || Ok::<_, &str>(2)))
         };
         assert_eq!(leader.join().unwrap(), Err("declined"));
-        assert_eq!(waiter.join().unwrap(), Ok(2), "the waiter ran its own closure");
+        assert_eq!(
+            waiter.join().unwrap(),
+            Ok(2),
+            "the waiter ran its own closure"
+        );
     });
     assert_eq!(cache.get("k"), Some(2));
     assert_eq!(cache.stats().computations, 2);
@@ -96,7 +100,10 @@ fn leader_err_stores_nothing_and_a_waiter_takes_over_with_its_own_closure() {
 #[test]
 fn errors_are_never_cached() {
     let cache = cache();
-    assert_eq!(cache.get_or_compute("k".into(), || Err::<u64, _>("no")), Err("no"));
+    assert_eq!(
+        cache.get_or_compute("k".into(), || Err::<u64, _>("no")),
+        Err("no")
+    );
     assert_eq!(cache.get("k"), None);
     assert_eq!(cache.len(), 0);
     assert_eq!(cache.get_or_compute("k".into(), || Ok::<_, &str>(3)), Ok(3));
@@ -124,7 +131,10 @@ fn leader_panic_propagates_hands_over_and_poisons_nothing() {
             let cache = cache.clone();
             s.spawn(move || cache.get_or_compute("k".to_string(), || Ok::<_, Infallible>(5)))
         };
-        assert!(leader.join().unwrap().is_err(), "the panic reaches the leader's caller");
+        assert!(
+            leader.join().unwrap().is_err(),
+            "the panic reaches the leader's caller"
+        );
         assert_eq!(waiter.join().unwrap(), Ok(5));
     });
     // Nothing is poisoned: every operation still works, on every shard.
@@ -132,7 +142,10 @@ fn leader_panic_propagates_hands_over_and_poisons_nothing() {
     assert_eq!(cache.get("k"), Some(5));
     assert_eq!(cache.remove("other"), Some(1));
     cache.clear();
-    assert_eq!(cache.get_or_compute("k".into(), || Ok::<_, Infallible>(6)), Ok(6));
+    assert_eq!(
+        cache.get_or_compute("k".into(), || Ok::<_, Infallible>(6)),
+        Ok(6)
+    );
 }
 
 #[test]
@@ -259,7 +272,11 @@ fn invalidation_wins(invalidate: impl Fn(&Cache<String, u64>) + Sync) -> Cache<S
             s.spawn(move || cache.get_or_compute("k".to_string(), || Ok::<_, Infallible>(2)))
         };
         assert_eq!(leader.join().unwrap(), Ok(1));
-        assert_eq!(waiter.join().unwrap(), Ok(1), "the waiter shares the leader's value");
+        assert_eq!(
+            waiter.join().unwrap(),
+            Ok(1),
+            "the waiter shares the leader's value"
+        );
     });
     assert_ne!(cache.get("k"), Some(1), "the late result was not stored");
     cache
@@ -270,7 +287,10 @@ fn remove_before_the_computation_starts_does_not_block_storing() {
     let cache = cache();
     cache.insert("k".into(), 1);
     cache.remove("k");
-    assert_eq!(cache.get_or_compute("k".into(), || Ok::<_, Infallible>(2)), Ok(2));
+    assert_eq!(
+        cache.get_or_compute("k".into(), || Ok::<_, Infallible>(2)),
+        Ok(2)
+    );
     assert_eq!(cache.get("k"), Some(2));
 }
 
