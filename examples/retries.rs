@@ -8,7 +8,6 @@
 //!
 //! Run it with `cargo run --release --example retries`.
 
-use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread;
@@ -169,13 +168,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     while service.requests_received.load(Ordering::SeqCst) < total.sent {
         thread::sleep(Duration::from_millis(1));
     }
-    // Every completed key must be in the cache; confirm by replaying one.
-    let replay = service
-        .cache
-        .get_or_compute("client-0-request-0".to_string(), || {
-            Err::<Receipt, Infallible>(unreachable!("a stored receipt is replayed"))
-        });
-    assert!(replay.is_ok());
+    // Every key's receipt is stored, ready to replay to a later retry.
+    assert_eq!(service.cache.len() as u64, distinct_keys);
 
     let charges = service.charges_executed.load(Ordering::SeqCst);
     let stats = service.cache.stats();
