@@ -366,6 +366,19 @@ where
         self.shared.purge(&|| false)
     }
 
+    /// Whether an entry for `key` is stored, live or expired. For the
+    /// model-based tests, which must learn which expired entries have been
+    /// reclaimed; not part of the stable API.
+    #[doc(hidden)]
+    pub fn __is_stored<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let hash = self.shared.hash(key);
+        self.shared.shard(hash).lock().is_stored(hash, key)
+    }
+
     /// Returns the live value of `key`, or computes it once, however many
     /// callers ask at the same time.
     ///

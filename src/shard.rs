@@ -226,6 +226,15 @@ impl<K, V> Shard<K, V> {
         self.entries.find(hash, |e| e.key.borrow() == key)
     }
 
+    /// Whether an entry for `key` is stored, live or expired.
+    pub(crate) fn is_stored<Q>(&self, hash: u64, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        self.find(hash, key).is_some()
+    }
+
     /// The value of `key` if it is live at `now`.
     #[inline]
     pub(crate) fn get_live<Q>(&self, hash: u64, key: &Q, now: u64) -> Option<&V>
@@ -428,18 +437,14 @@ impl<K: Hash + Eq, V> Shard<K, V> {
             }
             WriteKey::Flight(_) => {}
         }
-        let reclaimed = self.reclaim_due(now, WRITE_RECLAIM_BUDGET, grave);
-        if let Some(limit) = limit {
-            limit.release(reclaimed.entries);
-        }
-
         let seq = self.next_seq();
         let item = Due {
             deadline,
             seq,
             hash,
         };
-        // Overwrite in place: no change in the number of entries.
+        // Overwrite in place (even an expired entry): no change in the
+        // number of entries.
         let existing = match &key {
             WriteKey::Owned(key) => self.entries.find_mut(hash, |e| e.key == *key),
             WriteKey::Flight(flight) => {
@@ -460,8 +465,12 @@ impl<K: Hash + Eq, V> Shard<K, V> {
                 WriteKey::Owned(key) => Some(key),
                 WriteKey::Flight(flight) => self.abandon_flight(hash, flight),
             };
+            self.reclaim_for_write(now, limit, grave);
             return WriteResult::Stored;
         }
+        // Reclaimed only now, so that a key's own expired entry is always
+        // overwritten in place above rather than reclaimed and re-added.
+        self.reclaim_for_write(now, limit, grave);
 
         // A new entry: take a unit of the global bound, or make room here.
         if let Some(limit) = limit
@@ -493,6 +502,14 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         self.stats.inserts += 1;
         self.push_due(item, hasher);
         WriteResult::Stored
+    }
+
+    /// The amortised reclamation every write does: a few due items.
+    fn reclaim_for_write(&mut self, now: u64, limit: Option<&Limit>, grave: &mut Graveyard<K, V>) {
+        let reclaimed = self.reclaim_due(now, WRITE_RECLAIM_BUDGET, grave);
+        if let Some(limit) = limit {
+            limit.release(reclaimed.entries);
+        }
     }
 
     fn flight_slot(&self, hash: u64, flight: &Arc<Flight<V>>) -> &FlightSlot<K, V> {

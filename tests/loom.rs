@@ -176,9 +176,17 @@ fn remove_racing_a_computation_stays_removed() {
         };
         let removed_after_start = started.load(Ordering::SeqCst);
         cache.remove(&1);
-        assert_eq!(computing.join().unwrap(), Ok(5), "the caller gets its value");
+        assert_eq!(
+            computing.join().unwrap(),
+            Ok(5),
+            "the caller gets its value"
+        );
         if removed_after_start {
-            assert_eq!(cache.get(&1), None, "the late result was stored over a remove");
+            assert_eq!(
+                cache.get(&1),
+                None,
+                "the late result was stored over a remove"
+            );
         }
     });
 }

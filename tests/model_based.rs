@@ -1,0 +1,64 @@
+//! Model-based property tests: random sequences of 1..200 operations over
+//! six keys, checked step by step against a reference model (see
+//! `tests/model/mod.rs`), for one shard and many, bounded and not.
+//!
+//! Cases per configuration: `PROPTEST_CASES` (CI sets 1000; default 256).
+
+mod model;
+
+use model::{Config, KEYS, Op, run};
+use proptest::prelude::*;
+use proptest::test_runner::FileFailurePersistence;
+
+fn key() -> impl Strategy<Value = u8> {
+    0..KEYS
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (key(), any::<u8>()).prop_map(|(key, value)| Op::Insert { key, value }),
+        2 => (key(), any::<u8>(), 0..=20u8)
+            .prop_map(|(key, value, ttl)| Op::InsertWithTtl { key, value, ttl }),
+        4 => key().prop_map(|key| Op::Get { key }),
+        1 => key().prop_map(|key| Op::ContainsKey { key }),
+        2 => key().prop_map(|key| Op::Remove { key }),
+        1 => Just(Op::Clear),
+        1 => Just(Op::PurgeExpired),
+        3 => (key(), any::<u8>()).prop_map(|(key, value)| Op::ComputeOk { key, value }),
+        1 => key().prop_map(|key| Op::ComputeErr { key }),
+        3 => (0..=15u8).prop_map(|ticks| Op::Advance { ticks }),
+    ]
+}
+
+fn ops() -> impl Strategy<Value = Vec<Op>> {
+    proptest::collection::vec(op(), 1..200)
+}
+
+proptest! {
+    // Failures are saved next to this file, as
+    // `tests/model_based.proptest-regressions`, and replayed first.
+    #![proptest_config(ProptestConfig {
+        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource("proptest-regressions"))),
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn one_shard_unbounded(ops in ops()) {
+        run(Config { shards: 1, max_entries: None }, &ops);
+    }
+
+    #[test]
+    fn many_shards_unbounded(ops in ops()) {
+        run(Config { shards: 8, max_entries: None }, &ops);
+    }
+
+    #[test]
+    fn one_shard_bounded_evicts_exactly_the_soonest(ops in ops()) {
+        run(Config { shards: 1, max_entries: Some(3) }, &ops);
+    }
+
+    #[test]
+    fn many_shards_bounded(ops in ops()) {
+        run(Config { shards: 4, max_entries: Some(3) }, &ops);
+    }
+}
