@@ -185,12 +185,18 @@ impl<K, V, S> Cache<K, V, S> {
     /// assert_eq!(cache.len(), 2);
     /// ```
     pub fn len(&self) -> usize {
-        self.shared.shards.iter().map(|s| s.lock().len()).sum()
+        match &self.shared.limit {
+            // The bound's counter: never above the bound, even while other
+            // threads move room between shards (a sum over shards, read one
+            // shard at a time, could be), and exact when writes are done.
+            Some(limit) => limit.used(),
+            None => self.shared.shards.iter().map(|s| s.lock().len()).sum(),
+        }
     }
 
     /// Whether [`len`](Self::len) is zero.
     pub fn is_empty(&self) -> bool {
-        self.shared.shards.iter().all(|s| s.lock().len() == 0)
+        self.len() == 0
     }
 
     /// The cache's counters, summed over shards.

@@ -90,6 +90,12 @@ impl Limit {
         self.max
     }
 
+    /// Entries stored plus slots reserved by writes in progress: never
+    /// above `max`, and equal to the number of entries once writes finish.
+    pub(crate) fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
     /// Reserves room for one more entry, if there is any.
     fn try_acquire(&self) -> bool {
         let mut used = self.used.load(Ordering::Relaxed);

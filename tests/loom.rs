@@ -248,3 +248,39 @@ fn reaper_always_exits_when_the_last_handle_drops() {
         dropper.join().unwrap();
     });
 }
+
+/// Regression (found by the `concurrent_ops` fuzz target): with several
+/// shards, a full cache moves room between shards (evict in one, insert in
+/// another); `len()` summed shard by shard could then read above the bound.
+#[test]
+fn len_never_exceeds_the_bound_while_room_moves_between_shards() {
+    loom::model(|| {
+        let cache: TestCache = Cache::builder()
+            .shards(2)
+            .max_entries(1)
+            .clock(ManualClock::new())
+            .hasher(ahash::RandomState::with_seeds(1, 2, 3, 4))
+            .build()
+            .unwrap();
+        let writer = {
+            let cache = cache.clone();
+            thread::spawn(move || {
+                // With this hasher and two shards, keys 0 and 1 land on
+                // shard 0 and keys 6 and 7 on shard 1: every insert moves
+                // the one unit of room to the other shard.
+                for key in [0, 6, 1, 7] {
+                    cache.insert(key, key);
+                }
+            })
+        };
+        // loom switches threads at yields and lock operations; yielding
+        // lets it place each read anywhere among the writer's moves.
+        for _ in 0..3 {
+            thread::yield_now();
+            assert!(cache.len() <= 1, "len() read above max_entries");
+        }
+        writer.join().unwrap();
+        assert_eq!(cache.len(), 1);
+        assert_eq!(cache.get(&7), Some(7));
+    });
+}

@@ -62,3 +62,27 @@ proptest! {
         run(Config { shards: 4, max_entries: Some(3) }, &ops);
     }
 }
+
+/// Regression (found by the `ops` fuzz target): keys outside the checked
+/// key space are folded into it, so every stored key is compared.
+#[test]
+fn fuzz_regression_keys_outside_the_key_space() {
+    for shards in [1, 8] {
+        run(
+            Config {
+                shards,
+                max_entries: None,
+            },
+            &[
+                Op::InsertWithTtl {
+                    key: 200,
+                    value: 1,
+                    ttl: 1,
+                },
+                Op::Advance { ticks: 2 },
+                Op::Insert { key: 0, value: 0 },
+                Op::Insert { key: 2, value: 0 },
+            ],
+        );
+    }
+}

@@ -147,6 +147,28 @@ impl Harness {
     /// Applies `op` to the cache and the model, comparing results, then
     /// compares the stored keys, `len()` and counters.
     pub fn step(&mut self, op: &Op) {
+        // Fuzzed keys can be anything: fold them into the key space the
+        // harness checks after every step.
+        let op = &match op.clone() {
+            Op::Insert { key, value } => Op::Insert {
+                key: key % KEYS,
+                value,
+            },
+            Op::InsertWithTtl { key, value, ttl } => Op::InsertWithTtl {
+                key: key % KEYS,
+                value,
+                ttl,
+            },
+            Op::Get { key } => Op::Get { key: key % KEYS },
+            Op::ContainsKey { key } => Op::ContainsKey { key: key % KEYS },
+            Op::Remove { key } => Op::Remove { key: key % KEYS },
+            Op::ComputeOk { key, value } => Op::ComputeOk {
+                key: key % KEYS,
+                value,
+            },
+            Op::ComputeErr { key } => Op::ComputeErr { key: key % KEYS },
+            other => other,
+        };
         match *op {
             Op::Insert { key, value } => {
                 self.cache.insert(key, u64::from(value));
@@ -247,6 +269,8 @@ impl Harness {
         }
         self.may_evict_one_live = false;
         assert_eq!(self.cache.len(), self.entries.len(), "{op:?}: len()");
+        let stored = (0..KEYS).filter(|k| self.cache.__is_stored(k)).count();
+        assert_eq!(stored, self.entries.len(), "{op:?}: stored entries");
         if let Some(max) = self.config.max_entries {
             assert!(self.cache.len() <= max, "{op:?}: len() above max_entries");
         }
