@@ -96,6 +96,42 @@
 //!   `len()` or `stats()` while writers run; progress for waiters of an async
 //!   leader that is neither polled nor dropped.
 //!
+//! ## Correctness
+//!
+//! Every synchronisation path is checked by a tool, and CI (`.ci/run`) runs
+//! all of them on every submission:
+//!
+//! | what | tool | bound | where |
+//! |---|---|---|---|
+//! | single flight, hand-over after `Err`/panic/dropped future, wake-ups, invalidation, `len()`/bound consistency, reaper shutdown | [loom] (all interleavings) | 2–3 threads; `LOOM_MAX_PREEMPTIONS=2` in CI, also passed with no bound | `tests/loom.rs` |
+//! | every operation's result, `len()`, eviction victim, counters | [proptest], against a `BTreeMap` reference model | 1..200 ops over 6 keys; 1,000 cases × 4 configurations in CI | `tests/model_based.rs`, `tests/model/` |
+//! | the same model, differentially | cargo-fuzz (`ops`) | corpus replay + 30 s in CI | `fuzz/` |
+//! | invariants under real threads: no panic, `len() <= max_entries`, values belong to their key, nothing returned past its deadline | cargo-fuzz (`concurrent_ops`) | corpus replay + 30 s in CI | `fuzz/` |
+//! | undefined behaviour | miri | unit tests + the expiry, capacity and single-flight suites | `cargo +nightly miri test` |
+//! | each semantic point of the docs above | integration tests | | `tests/*.rs` |
+//!
+//! Under `--cfg loom`, `src/sync.rs` swaps parking_lot and std for loom's
+//! types; loom models use one or two shards, a fixed-seed hasher and a
+//! manual clock so every run explores the same space. To rerun:
+//!
+//! ```sh
+//! # loom (CI bound; drop LOOM_MAX_PREEMPTIONS for the exhaustive run)
+//! RUSTFLAGS="--cfg loom -C debug-assertions" CARGO_TARGET_DIR=target/loom \
+//!   LOOM_MAX_PREEMPTIONS=2 cargo test --release --test loom
+//! # proptest model, more cases
+//! PROPTEST_CASES=10000 cargo test --release --test model_based
+//! # fuzzing (stable; RUSTC_BOOTSTRAP=1 and no `-s none` for AddressSanitizer)
+//! cargo install cargo-fuzz --locked
+//! cd fuzz && cargo fuzz run -s none ops -- -max_total_time=600 -timeout=5
+//! cd fuzz && cargo fuzz run -s none concurrent_ops -- -max_total_time=600 -timeout=5
+//! # miri
+//! rustup component add --toolchain nightly miri rust-src
+//! cargo +nightly miri test --lib --test expiry --test capacity --test single_flight
+//! ```
+//!
+//! [loom]: https://docs.rs/loom
+//! [proptest]: https://docs.rs/proptest
+//!
 //! ## Design
 //!
 //! Keys are hashed once (ahash) to pick a shard (from bits below hashbrown's
