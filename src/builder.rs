@@ -5,7 +5,7 @@ use std::hash::{BuildHasher, Hash};
 use std::marker::PhantomData;
 use std::time::Duration;
 
-use crate::cache::{Cache, Shared};
+use crate::cache::{Cache, Settings, Shared};
 use crate::clock::{Clock, TimeSource};
 use crate::error::BuildError;
 use crate::reaper::Reaper;
@@ -17,6 +17,30 @@ pub const DEFAULT_TIME_TO_LIVE: Duration = Duration::from_secs(24 * 3600);
 /// The largest shard count a cache accepts.
 pub const MAX_SHARDS: usize = 1 << 16;
 
+/// How long a claim holds its key when not renewed: 60 s. Long enough for a
+/// typical handler, short enough that a crashed handler's key frees up soon.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
+
+/// What a full bounded cache does when a new record needs room and no
+/// expired entry can be reclaimed.
+///
+/// In-progress claims are never evicted under either policy: a claim that
+/// finds every unit of the bound held by claims in progress gets
+/// [`Claim::Full`](crate::Claim::Full).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CapacityPolicy {
+    /// Evict the live record with the soonest deadline (the default): the
+    /// cache always has room for new work, at the cost of forgetting a
+    /// completed record early, so a late retry of it would run again.
+    #[default]
+    EvictSoonest,
+    /// Idempotency-safe: never evict an unexpired record. A new claim gets
+    /// [`Claim::Full`](crate::Claim::Full) (answer 503), a plain `insert` or
+    /// a computed value is not stored (counted in
+    /// [`Stats::refused`](crate::Stats::refused)), until records expire.
+    Refuse,
+}
+
 /// Builds a [`Cache`]; start from [`Cache::builder`].
 ///
 /// | option | default |
@@ -25,6 +49,8 @@ pub const MAX_SHARDS: usize = 1 << 16;
 /// | [`max_entries`](Self::max_entries) | unbounded |
 /// | [`shards`](Self::shards) | `(4 × available cores).next_power_of_two()` |
 /// | [`background_eviction`](Self::background_eviction) | off: no thread |
+/// | [`lease`](Self::lease) | 60 s ([`DEFAULT_LEASE`]) |
+/// | [`capacity_policy`](Self::capacity_policy) | [`CapacityPolicy::EvictSoonest`] |
 /// | [`clock`](Self::clock) | the monotonic clock ([`MonotonicClock`](crate::clock::MonotonicClock)) |
 /// | [`hasher`](Self::hasher) | [`ahash::RandomState`] (randomly seeded) |
 ///
@@ -52,6 +78,8 @@ pub struct CacheBuilder<K, V, S = ahash::RandomState> {
     max_entries: Option<usize>,
     shards: Option<usize>,
     background_eviction: Option<Duration>,
+    lease: Duration,
+    capacity_policy: CapacityPolicy,
     time: Option<TimeSource>,
     hasher: S,
     _types: PhantomData<fn() -> (K, V)>,
@@ -64,6 +92,8 @@ impl<K, V> CacheBuilder<K, V, ahash::RandomState> {
             max_entries: None,
             shards: None,
             background_eviction: None,
+            lease: DEFAULT_LEASE,
+            capacity_policy: CapacityPolicy::EvictSoonest,
             time: None,
             hasher: ahash::RandomState::new(),
             _types: PhantomData,
@@ -105,6 +135,24 @@ impl<K, V, S> CacheBuilder<K, V, S> {
         self
     }
 
+    /// How long a [claim](Cache::claim) holds its key before another claim
+    /// may take it over, unless renewed with
+    /// [`Reservation::renew`](crate::Reservation::renew). Separate from the
+    /// time-to-live, which is how long the completed record is kept.
+    /// Default: [`DEFAULT_LEASE`] (60 s). Must be non-zero.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// What a full bounded cache does when no expired entry can be
+    /// reclaimed: evict the soonest deadline (default) or refuse
+    /// (idempotency-safe). See [`CapacityPolicy`].
+    pub fn capacity_policy(mut self, policy: CapacityPolicy) -> Self {
+        self.capacity_policy = policy;
+        self
+    }
+
     /// The clock expiry is measured against. Pass a
     /// [`ManualClock`](crate::clock::ManualClock) in tests to move time by
     /// hand; the cache's type does not change.
@@ -131,6 +179,8 @@ impl<K, V, S> CacheBuilder<K, V, S> {
             max_entries: self.max_entries,
             shards: self.shards,
             background_eviction: self.background_eviction,
+            lease: self.lease,
+            capacity_policy: self.capacity_policy,
             time: self.time,
             hasher,
             _types: PhantomData,
@@ -165,10 +215,17 @@ impl<K, V, S> CacheBuilder<K, V, S> {
         if self.background_eviction.is_some_and(|d| d.is_zero()) {
             return Err(BuildError::ZeroEvictionInterval);
         }
+        if self.lease.is_zero() {
+            return Err(BuildError::ZeroLease);
+        }
         let shared = Shared::new(
-            shards,
-            self.time_to_live,
-            self.max_entries,
+            Settings {
+                shards,
+                time_to_live: self.time_to_live,
+                max_entries: self.max_entries,
+                lease: self.lease,
+                capacity_policy: self.capacity_policy,
+            },
             self.time.unwrap_or_else(TimeSource::monotonic),
             self.hasher,
         );
@@ -200,6 +257,8 @@ impl<K, V, S> fmt::Debug for CacheBuilder<K, V, S> {
             .field("max_entries", &self.max_entries)
             .field("shards", &self.shards)
             .field("background_eviction", &self.background_eviction)
+            .field("lease", &self.lease)
+            .field("capacity_policy", &self.capacity_policy)
             .field(
                 "clock",
                 &self.time.as_ref().map_or("monotonic", |t| t.describe()),

@@ -7,9 +7,9 @@ use std::hash::{BuildHasher, Hash};
 use std::ops::Deref;
 use std::time::Duration;
 
-use crate::builder::CacheBuilder;
+use crate::builder::{CacheBuilder, CapacityPolicy};
 use crate::clock::{TimeSource, duration_to_nanos};
-use crate::flight::{self, Flight, Outcome};
+use crate::flight::{self, Ended, Flight, NO_LEASE, Outcome};
 use crate::reaper::{Reap, Reaper};
 use crate::shard::{Graveyard, Limit, Lookup, Shard, WriteKey, WriteResult};
 use crate::stats::Stats;
@@ -72,7 +72,7 @@ const PURGE_BATCH: usize = 256;
 /// The entry being written is never the one evicted, and computations in
 /// progress are not entries: they are never evicted and do not count.
 pub struct Cache<K, V, S = ahash::RandomState> {
-    shared: Arc<Shared<K, V, S>>,
+    pub(crate) shared: Arc<Shared<K, V, S>>,
     /// Shared by handles only (the reaper holds `shared`, not this), so it
     /// is dropped with the last handle, which stops the reaper.
     lifetime: Arc<Lifetime>,
@@ -103,9 +103,32 @@ pub(crate) struct Shared<K, V, S> {
     hasher: S,
     time: TimeSource,
     /// Default time-to-live in nanoseconds.
-    ttl: u64,
+    pub(crate) ttl: u64,
     time_to_live: Duration,
-    limit: Option<Limit>,
+    /// Claim lease in nanoseconds.
+    pub(crate) lease: u64,
+    lease_duration: Duration,
+    pub(crate) limit: Option<Limit>,
+}
+
+/// The validated configuration a cache is built from.
+pub(crate) struct Settings {
+    pub(crate) shards: usize,
+    pub(crate) time_to_live: Duration,
+    pub(crate) max_entries: Option<usize>,
+    pub(crate) lease: Duration,
+    pub(crate) capacity_policy: CapacityPolicy,
+}
+
+/// How a write through a flight ended.
+pub(crate) enum Stored<V> {
+    /// Stored, live until `expires_at` (cache time).
+    Yes { expires_at: u64 },
+    /// Not stored: invalidated while in flight, or refused by a full cache.
+    /// Callers still receive the value; it expires at once (`now`).
+    No { now: u64 },
+    /// The flight is no longer the key's: the value comes back.
+    Fenced(V),
 }
 
 impl<K, V> Cache<K, V, ahash::RandomState> {
@@ -161,6 +184,11 @@ impl<K, V, S> Cache<K, V, S> {
         self.shared.time_to_live
     }
 
+    /// How long a claim holds its key unless renewed.
+    pub fn lease(&self) -> Duration {
+        self.shared.lease_duration
+    }
+
     /// The bound on entries, if any.
     pub fn max_entries(&self) -> Option<usize> {
         self.shared.limit.as_ref().map(Limit::max)
@@ -186,10 +214,11 @@ impl<K, V, S> Cache<K, V, S> {
     /// ```
     pub fn len(&self) -> usize {
         match &self.shared.limit {
-            // The bound's counter: never above the bound, even while other
-            // threads move room between shards (a sum over shards, read one
-            // shard at a time, could be), and exact when writes are done.
-            Some(limit) => limit.used(),
+            // From the bound's counters: never above the bound, even while
+            // other threads move room between shards (a sum over shards,
+            // read one shard at a time, could be), and exact when writes
+            // are done. Claims in progress hold room but are not entries.
+            Some(limit) => limit.entries(),
             None => self.shared.shards.iter().map(|s| s.lock().len()).sum(),
         }
     }
@@ -461,10 +490,16 @@ where
             match self.shared.lookup_or_lead(hash, key, &mut caller) {
                 Step::Hit(value) => return Ok(value),
                 Step::Lead(leader) => break leader,
-                Step::Wait(flight, returned) => match flight.wait() {
-                    Some(value) => return Ok(value),
-                    None => key = returned, // abandoned: try to lead
-                },
+                Step::Wait(flight, returned) => {
+                    // A claim's lease can lapse without anyone ending its
+                    // flight: wake in time to take it over.
+                    let recheck = self.shared.recheck_after(&flight);
+                    match flight.wait(recheck) {
+                        Ended::Completed(value, _) => return Ok(value),
+                        // Abandoned: try to lead. Timed out: look again.
+                        Ended::Abandoned | Ended::TimedOut => key = returned,
+                    }
+                }
             }
         };
         // On `Err` or a panic, `leader` is dropped here, which hands over.
@@ -518,8 +553,8 @@ where
                 Step::Hit(value) => return Ok(value),
                 Step::Lead(leader) => break leader,
                 Step::Wait(flight, returned) => match flight::wait_async(flight).await {
-                    Some(value) => return Ok(value),
-                    None => key = returned,
+                    Ended::Completed(value, _) => return Ok(value),
+                    Ended::Abandoned | Ended::TimedOut => key = returned,
                 },
             }
         };
@@ -577,71 +612,117 @@ where
     /// Stores `value` (unless the key was invalidated meanwhile), hands it
     /// to the waiters, and returns it to the leader.
     fn complete(mut self, value: V) -> V {
-        self.shared.store(
+        let stored = self.shared.store(
             self.hash,
             WriteKey::Flight(&self.flight),
             value.clone(),
             self.shared.ttl,
         );
-        // The flight has left the shard, so no new waiter can join: if
-        // nobody else holds it, nobody can observe the outcome and the clone
-        // is skipped.
-        let outcome = if Arc::strong_count(&self.flight) > 1 {
-            Outcome::Completed(value.clone())
-        } else {
-            Outcome::Abandoned
-        };
-        self.flight.finish(outcome);
         self.done = true;
+        self.shared.finish_stored(&self.flight, stored, &value);
         value
     }
 }
 
 impl<K, V, S> Drop for Leader<'_, K, V, S> {
     fn drop(&mut self) {
-        if self.done {
-            return;
+        if !self.done {
+            self.shared.end_flight(self.hash, &self.flight, false);
         }
-        let key = self
-            .shared
-            .shard(self.hash)
-            .lock()
-            .abandon_flight(self.hash, &self.flight);
-        drop(key);
-        self.flight.finish(Outcome::Abandoned);
     }
 }
 
 impl<K, V, S> Shared<K, V, S> {
-    pub(crate) fn new(
-        shards: usize,
-        time_to_live: Duration,
-        max_entries: Option<usize>,
-        time: TimeSource,
-        hasher: S,
-    ) -> Arc<Self> {
+    pub(crate) fn new(settings: Settings, time: TimeSource, hasher: S) -> Arc<Self> {
+        let evicts_live = settings.capacity_policy == CapacityPolicy::EvictSoonest;
         Arc::new(Self {
-            shards: (0..shards)
+            shards: (0..settings.shards)
                 .map(|_| Padded(Mutex::new(Shard::new())))
                 .collect(),
             hasher,
             time,
-            ttl: duration_to_nanos(time_to_live),
-            time_to_live,
-            limit: max_entries.map(Limit::new),
+            ttl: duration_to_nanos(settings.time_to_live),
+            time_to_live: settings.time_to_live,
+            lease: duration_to_nanos(settings.lease),
+            lease_duration: settings.lease,
+            limit: settings.max_entries.map(|max| Limit::new(max, evicts_live)),
         })
+    }
+
+    /// The current time of the cache's clock (nanoseconds since its epoch).
+    pub(crate) fn now(&self) -> u64 {
+        self.time.now()
+    }
+
+    /// How long a blocked waiter may sleep before it must look at a claim's
+    /// lease again; `None` when the flight has no lease.
+    fn recheck_after(&self, flight: &Flight<V>) -> Option<Duration> {
+        let deadline = flight.lease_deadline();
+        (deadline != NO_LEASE).then(|| {
+            self.time
+                .real_time_until(deadline.saturating_sub(self.time.now()))
+        })
+    }
+
+    /// Ends `flight` without a result, if it is still its key's: frees its
+    /// slot (and a claim's unit), counts a release for claims, and wakes
+    /// its waiters so one can take over.
+    pub(crate) fn end_flight(&self, hash: u64, flight: &Arc<Flight<V>>, released: bool) {
+        let key = {
+            let mut shard = self.shard(hash).lock();
+            let key = shard.abandon_flight(hash, flight, self.limit.as_ref());
+            if released && key.is_some() {
+                shard.stats.releases += 1;
+            }
+            key
+        };
+        // A flight that is no longer its key's was already ended by the
+        // claim that took it over.
+        if key.is_some() {
+            flight.finish(Outcome::Abandoned);
+        }
+    }
+
+    /// Counts a fenced completion or renewal.
+    pub(crate) fn count_fenced(&self, hash: u64) {
+        self.shard(hash).lock().stats.fenced += 1;
+    }
+
+    /// Hands a flight's value to its waiters after [`store`](Self::store).
+    pub(crate) fn finish_stored(&self, flight: &Arc<Flight<V>>, stored: Stored<V>, value: &V)
+    where
+        V: Clone,
+    {
+        let expires_at = match stored {
+            Stored::Yes { expires_at } => expires_at,
+            Stored::No { now } => now,
+            // Already ended by the claim that took the key over.
+            Stored::Fenced(_) => return,
+        };
+        // The flight has left the shard, so no new waiter can join: if
+        // nobody else holds it, nobody can observe the outcome and the clone
+        // is skipped.
+        let outcome = if Arc::strong_count(flight) > 1 {
+            Outcome::Completed {
+                value: value.clone(),
+                expires_at,
+            }
+        } else {
+            Outcome::Abandoned
+        };
+        flight.finish(outcome);
     }
 
     /// The shard for `hash`. Uses the bits below hashbrown's 7-bit tag (the
     /// top bits) so shard choice and in-table position stay independent;
     /// the multiply maps them onto any shard count without a division.
     #[inline]
-    fn shard_index(&self, hash: u64) -> usize {
+    pub(crate) fn shard_index(&self, hash: u64) -> usize {
         ((u128::from(hash << 7) * self.shards.len() as u128) >> 64) as usize
     }
 
     #[inline]
-    fn shard(&self, hash: u64) -> &Mutex<Shard<K, V>> {
+    pub(crate) fn shard(&self, hash: u64) -> &Mutex<Shard<K, V>> {
         &self.shards[self.shard_index(hash)]
     }
 
@@ -659,7 +740,7 @@ where
     S: BuildHasher,
 {
     #[inline]
-    fn hash<Q: Hash + ?Sized>(&self, key: &Q) -> u64 {
+    pub(crate) fn hash<Q: Hash + ?Sized>(&self, key: &Q) -> u64 {
         self.hasher.hash_one(key)
     }
 
@@ -670,7 +751,13 @@ where
 
     /// Stores `value`; see [`Shard::write`]. Loops only when the cache is
     /// full and the written shard has nothing to give up.
-    fn store(&self, hash: u64, key: WriteKey<'_, K, V>, value: V, ttl: u64) {
+    pub(crate) fn store(
+        &self,
+        hash: u64,
+        key: WriteKey<'_, K, V>,
+        value: V,
+        ttl: u64,
+    ) -> Stored<V> {
         let index = self.shard_index(hash);
         let flight = match key {
             WriteKey::Flight(flight) => Some(flight),
@@ -693,37 +780,67 @@ where
                 &mut grave,
             );
             match result {
-                WriteResult::Stored | WriteResult::Invalidated => return,
+                WriteResult::Stored => {
+                    return Stored::Yes {
+                        expires_at: deadline,
+                    };
+                }
+                WriteResult::Invalidated => return Stored::No { now },
+                WriteResult::Fenced(value) => return Stored::Fenced(value),
                 WriteResult::NeedRoom(returned_key, returned_value) => {
+                    if !self.make_room_elsewhere(index, now) && self.cannot_make_room() {
+                        let mut shard = self.shards[index].lock();
+                        shard.stats.refused += 1;
+                        let spare_key =
+                            flight.and_then(|f| shard.abandon_flight(hash, f, self.limit.as_ref()));
+                        drop(shard);
+                        drop((spare_key, returned_key, returned_value));
+                        return Stored::No { now };
+                    }
                     key = match (returned_key, flight) {
                         (Some(owned), _) => WriteKey::Owned(owned),
                         (None, Some(flight)) => WriteKey::Flight(flight),
                         (None, None) => unreachable!("an owned key is always handed back"),
                     };
                     value = returned_value;
-                    self.make_room_elsewhere(index, now);
                 }
             }
         }
     }
 
-    /// Frees one unit of the bound from a shard other than `written`: an
-    /// expired entry, else the soonest deadline. Locks one shard at a time.
-    fn make_room_elsewhere(&self, written: usize, now: u64) {
+    /// Whether a full cache must refuse rather than wait for room: it never
+    /// evicts live records, or every unit of the bound is held by a claim in
+    /// progress (claims are never evicted).
+    pub(crate) fn cannot_make_room(&self) -> bool {
+        self.limit
+            .as_ref()
+            .is_some_and(|limit| !limit.evicts_live || limit.entries() == 0)
+    }
+
+    /// Frees one unit of the bound from a shard other than `written` (an
+    /// expired entry, else, if the policy allows, the soonest deadline).
+    /// Locks one shard at a time. `false` if no shard could give one up.
+    pub(crate) fn make_room_elsewhere(&self, written: usize, now: u64) -> bool {
+        let Some(limit) = &self.limit else {
+            return true;
+        };
         let count = self.shards.len();
         for offset in 1..count {
             let mut grave = Graveyard::new();
-            let freed = self.shards[(written + offset) % count]
-                .lock()
-                .give_up_one(now, &mut grave);
+            let freed = self.shards[(written + offset) % count].lock().give_up_one(
+                now,
+                limit.evicts_live,
+                &mut grave,
+            );
             if freed {
-                self.release(1);
-                return;
+                limit.release(1);
+                return true;
             }
         }
-        // Every unit is held by a write that is inserting right now under
-        // another shard's lock; it will be stored in a moment.
+        // Units may be held by writes inserting right now under another
+        // shard's lock; they will be stored in a moment.
         thread::yield_now();
+        false
     }
 
     /// Purges expired entries shard by shard, `PURGE_BATCH` queue items per
@@ -756,8 +873,16 @@ where
         V: Clone,
     {
         let now = self.time.now();
+        let mut lapsed = None;
         let mut shard = self.shard(hash).lock();
-        let (lookup, key) = shard.lookup_or_lead(hash, key, now);
+        let (lookup, key) = shard.lookup_or_lead(hash, key, now, self.limit.as_ref(), &mut lapsed);
+        if let Some(lapsed) = lapsed {
+            // A claim whose lease lapsed was taken over: its waiters may
+            // retry. Ended outside the shard lock.
+            drop(shard);
+            lapsed.finish(Outcome::Abandoned);
+            shard = self.shard(hash).lock();
+        }
         let first = !std::mem::replace(&mut caller.looked_up, true);
         let stats = &mut shard.stats;
         match lookup {

@@ -242,6 +242,19 @@ impl TimeSource {
         }
     }
 
+    /// A real-time sleep after which `nanos` of this clock's time have
+    /// surely passed: exact for the monotonic clock; for manual and custom
+    /// clocks, whose time need not follow real time, a short slice after
+    /// which the sleeper looks again.
+    pub(crate) fn real_time_until(&self, nanos: u64) -> Duration {
+        const RECHECK: Duration = Duration::from_millis(20);
+        let wanted = Duration::from_nanos(nanos);
+        match self {
+            TimeSource::Monotonic { .. } => wanted,
+            TimeSource::Manual { .. } | TimeSource::Custom { .. } => wanted.min(RECHECK),
+        }
+    }
+
     pub(crate) fn describe(&self) -> &'static str {
         match self {
             TimeSource::Monotonic { .. } => "monotonic",

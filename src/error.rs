@@ -39,6 +39,8 @@ pub enum BuildError {
     /// `background_eviction` was given a zero interval, which would make
     /// the reaper spin.
     ZeroEvictionInterval,
+    /// `lease` was zero: every claim would lapse as it is made.
+    ZeroLease,
     /// The operating system refused to start the reaper thread.
     SpawnReaper {
         /// The operating system's reason.
@@ -57,6 +59,7 @@ impl BuildError {
             BuildError::ZeroEvictionInterval | BuildError::SpawnReaper { .. } => {
                 "background_eviction"
             }
+            BuildError::ZeroLease => "lease",
         }
     }
 }
@@ -78,6 +81,9 @@ impl fmt::Display for BuildError {
             ),
             BuildError::ZeroEvictionInterval => f.write_str(
                 "background_eviction interval must be greater than zero (the reaper would spin)",
+            ),
+            BuildError::ZeroLease => f.write_str(
+                "lease must be greater than zero (every claim would lapse as it is made)",
             ),
             BuildError::SpawnReaper { reason } => {
                 write!(f, "background_eviction: could not start the reaper thread: {reason}")

@@ -149,13 +149,21 @@ mod builder;
 mod cache;
 pub mod clock;
 mod error;
+mod fingerprint;
 mod flight;
+#[cfg(any(feature = "digest", feature = "uuid"))]
+pub mod key;
+mod protocol;
 mod reaper;
 mod shard;
 mod stats;
 mod sync;
 
-pub use builder::{CacheBuilder, DEFAULT_TIME_TO_LIVE, MAX_SHARDS};
+pub use builder::{CacheBuilder, CapacityPolicy, DEFAULT_LEASE, DEFAULT_TIME_TO_LIVE, MAX_SHARDS};
 pub use cache::Cache;
 pub use error::BuildError;
+#[cfg(feature = "digest")]
+pub use fingerprint::FingerprintBuilder;
+pub use fingerprint::{Fingerprint, ParseFingerprintError};
+pub use protocol::{Claim, Pending, Replay, Reservation, StaleReservation, Waited};
 pub use stats::Stats;

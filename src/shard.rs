@@ -26,10 +26,10 @@ use std::hash::{BuildHasher, Hash};
 
 use hashbrown::HashTable;
 
-use crate::Stats;
-use crate::flight::Flight;
+use crate::flight::{Flight, NO_LEASE};
 use crate::sync::Arc;
 use crate::sync::atomic::{AtomicUsize, Ordering};
+use crate::{Fingerprint, Stats};
 
 /// Expired entries a write reclaims from its shard, at most, on top of its
 /// own work. More than one, so reclamation outpaces a write-only workload.
@@ -48,6 +48,8 @@ pub(crate) struct Entry<K, V> {
     pub(crate) deadline: u64,
     /// Which write produced this version of the entry (see the queue docs).
     seq: u64,
+    /// The request fingerprint of the claim that stored it, if any.
+    pub(crate) fingerprint: Option<Fingerprint>,
 }
 
 /// A queue item; ordered by deadline, then by write order, so that among
@@ -59,10 +61,14 @@ struct Due {
     hash: u64,
 }
 
-/// A key whose value is being computed.
+/// A key whose value is being computed (`get_or_compute`) or produced by
+/// the holder of a claim.
 pub(crate) struct FlightSlot<K, V> {
     key: K,
     flight: Arc<Flight<V>>,
+    /// Claims hold a unit of the bound while in progress; computations
+    /// do not.
+    holds_unit: bool,
     /// The key's hash, kept so the (small) flight table can grow without
     /// a hasher.
     hash: u64,
@@ -72,28 +78,49 @@ pub(crate) struct FlightSlot<K, V> {
 }
 
 /// The global bound on entries, shared by all shards: `used` counts stored
-/// entries plus slots reserved by writes that are inserting right now.
+/// entries, claims in progress, and units reserved by writes that are
+/// inserting right now; `claims` counts the claims.
 pub(crate) struct Limit {
     max: usize,
     used: AtomicUsize,
+    claims: AtomicUsize,
+    /// Whether a full cache may evict live entries (else it refuses).
+    pub(crate) evicts_live: bool,
 }
 
 impl Limit {
-    pub(crate) fn new(max: usize) -> Self {
+    pub(crate) fn new(max: usize, evicts_live: bool) -> Self {
         Self {
             max,
             used: AtomicUsize::new(0),
+            claims: AtomicUsize::new(0),
+            evicts_live,
+        }
+    }
+
+    /// Entries stored: units used minus those held by claims. `used` is
+    /// read first, so the result never exceeds the bound even while claims
+    /// complete concurrently; exact once writes are done.
+    pub(crate) fn entries(&self) -> usize {
+        let used = self.used.load(Ordering::Acquire);
+        used.saturating_sub(self.claims.load(Ordering::Acquire))
+    }
+
+    /// A claim now holds a unit it acquired.
+    fn start_claim(&self) {
+        self.claims.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A claim ended: its unit becomes an entry (`keep_unit`) or is freed.
+    pub(crate) fn end_claim(&self, keep_unit: bool) {
+        self.claims.fetch_sub(1, Ordering::AcqRel);
+        if !keep_unit {
+            self.release(1);
         }
     }
 
     pub(crate) fn max(&self) -> usize {
         self.max
-    }
-
-    /// Entries stored plus slots reserved by writes in progress: never
-    /// above `max`, and equal to the number of entries once writes finish.
-    pub(crate) fn used(&self) -> usize {
-        self.used.load(Ordering::Relaxed)
     }
 
     /// Reserves room for one more entry, if there is any.
@@ -169,8 +196,8 @@ pub(crate) struct Reclaimed {
 pub(crate) enum WriteKey<'a, K, V> {
     /// A plain `insert`: the caller owns the key.
     Owned(K),
-    /// A leader completing its flight: the key is in the flight slot, which
-    /// the write removes when it stores the value.
+    /// A leader or claim holder completing its flight: the key is in the
+    /// flight slot, which the write removes when it stores the value.
     Flight(&'a Arc<Flight<V>>),
 }
 
@@ -181,9 +208,40 @@ pub(crate) enum WriteResult<K, V> {
     /// The flight was invalidated while it ran: nothing was stored, and its
     /// slot is gone.
     Invalidated,
-    /// The cache is full and this shard has nothing to evict: the caller
-    /// must make room in another shard and retry. Key and value come back.
+    /// The flight is no longer the key's (a newer claim took over after its
+    /// lease lapsed): nothing was stored. The value comes back.
+    Fenced(V),
+    /// The cache is full and this shard has nothing it may give up: the
+    /// caller must make room in another shard and retry, or refuse. Key and
+    /// value come back.
     NeedRoom(Option<K>, V),
+}
+
+/// What a claim found.
+pub(crate) enum ClaimLookup<K, V> {
+    /// A live completed record.
+    Completed {
+        value: V,
+        expires_at: u64,
+        fingerprint: Option<Fingerprint>,
+    },
+    /// The record or the claim in progress has another fingerprint.
+    Mismatch,
+    /// Another claim or computation holds the key.
+    InProgress(Arc<Flight<V>>),
+    /// The caller now holds the key; a copy of the key for the reservation.
+    Acquired(Arc<Flight<V>>, K),
+    /// The cache is full and this shard has nothing it may give up.
+    NeedRoom,
+}
+
+/// Whether a request fingerprint fits a stored or in-flight one: a side
+/// without a fingerprint matches any.
+fn fingerprints_match(stored: Option<Fingerprint>, asked: Option<Fingerprint>) -> bool {
+    match (stored, asked) {
+        (Some(stored), Some(asked)) => stored == asked,
+        _ => true,
+    }
 }
 
 /// What a lookup for `get_or_compute` found.
@@ -202,6 +260,8 @@ pub(crate) struct Shard<K, V> {
     queue: BinaryHeap<Reverse<Due>>,
     flights: HashTable<FlightSlot<K, V>>,
     next_seq: u64,
+    /// Fencing tokens handed to flights; increases for every flight.
+    next_token: u64,
     /// Counters kept per shard, under the shard lock, so that counting
     /// costs no shared atomic on the hot path.
     pub(crate) stats: Stats,
@@ -214,6 +274,7 @@ impl<K, V> Shard<K, V> {
             queue: BinaryHeap::new(),
             flights: HashTable::new(),
             next_seq: 0,
+            next_token: 1,
             stats: Stats::default(),
         }
     }
@@ -248,9 +309,16 @@ impl<K, V> Shard<K, V> {
         K: Borrow<Q>,
         Q: Eq + ?Sized,
     {
-        self.find(hash, key)
-            .filter(|e| now < e.deadline)
-            .map(|e| &e.value)
+        self.get_live_entry(hash, key, now).map(|e| &e.value)
+    }
+
+    /// The entry of `key` if it is live at `now`.
+    fn get_live_entry<Q>(&self, hash: u64, key: &Q, now: u64) -> Option<&Entry<K, V>>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        self.find(hash, key).filter(|e| now < e.deadline)
     }
 
     /// Removes `key`'s entry, live or expired, and invalidates a running
@@ -366,19 +434,62 @@ impl<K, V> Shard<K, V> {
             .map(|occupied| occupied.remove().0)
     }
 
-    /// Makes room in this shard for a write into a full cache that landed on
-    /// another shard: reclaims an expired entry, else evicts the soonest.
-    pub(crate) fn give_up_one(&mut self, now: u64, grave: &mut Graveyard<K, V>) -> bool {
-        self.reclaim_one(now, grave) || self.evict_soonest(grave)
+    /// Ends a flight without storing anything (the leader failed, or the
+    /// claim was released), freeing a claim's unit. Returns the slot's key,
+    /// for the caller to drop after unlocking, or `None` if the flight is no
+    /// longer the key's (a newer claim took over).
+    pub(crate) fn abandon_flight(
+        &mut self,
+        hash: u64,
+        flight: &Arc<Flight<V>>,
+        limit: Option<&Limit>,
+    ) -> Option<K> {
+        let slot = self.take_slot(hash, flight)?;
+        if slot.holds_unit
+            && let Some(limit) = limit
+        {
+            limit.end_claim(false);
+        }
+        Some(slot.key)
     }
 
-    /// Ends a flight without storing anything (the leader failed). Returns
-    /// the slot's key so the caller drops it after unlocking.
-    pub(crate) fn abandon_flight(&mut self, hash: u64, flight: &Arc<Flight<V>>) -> Option<K> {
+    /// Removes `flight`'s slot, if it is still the key's.
+    fn take_slot(&mut self, hash: u64, flight: &Arc<Flight<V>>) -> Option<FlightSlot<K, V>> {
         self.flights
             .find_entry(hash, |s| Arc::ptr_eq(&s.flight, flight))
             .ok()
-            .map(|occupied| occupied.remove().0.key)
+            .map(|occupied| occupied.remove().0)
+    }
+
+    /// Extends a claim's lease to `deadline`; `false` if the claim is no
+    /// longer the key's.
+    pub(crate) fn renew(&mut self, hash: u64, flight: &Arc<Flight<V>>, deadline: u64) -> bool {
+        let current = self
+            .flights
+            .find(hash, |s| Arc::ptr_eq(&s.flight, flight))
+            .is_some();
+        if current {
+            flight.set_lease_deadline(deadline);
+        }
+        current
+    }
+
+    fn next_token(&mut self) -> u64 {
+        let token = self.next_token;
+        self.next_token += 1;
+        token
+    }
+
+    /// Frees a unit of the bound in this shard for a write whose own shard
+    /// had nothing to give: an expired entry, else (if the policy allows)
+    /// the live entry with the soonest deadline.
+    pub(crate) fn give_up_one(
+        &mut self,
+        now: u64,
+        evict_live: bool,
+        grave: &mut Graveyard<K, V>,
+    ) -> bool {
+        self.reclaim_one(now, grave) || (evict_live && self.evict_soonest(grave))
     }
 
     fn next_seq(&mut self) -> u64 {
@@ -390,8 +501,17 @@ impl<K, V> Shard<K, V> {
 
 impl<K: Hash + Eq, V> Shard<K, V> {
     /// Looks `key` up for `get_or_compute`: a live value, a flight to join,
-    /// or a new flight that the caller now leads.
-    pub(crate) fn lookup_or_lead(&mut self, hash: u64, key: K, now: u64) -> (Lookup<V>, Option<K>)
+    /// or a new flight that the caller now leads. A claim whose lease has
+    /// lapsed is taken over: its flight comes back in `lapsed`, for the
+    /// caller to end (waking its waiters) after unlocking.
+    pub(crate) fn lookup_or_lead(
+        &mut self,
+        hash: u64,
+        key: K,
+        now: u64,
+        limit: Option<&Limit>,
+        lapsed: &mut Option<Arc<Flight<V>>>,
+    ) -> (Lookup<V>, Option<K>)
     where
         V: Clone,
     {
@@ -399,26 +519,111 @@ impl<K: Hash + Eq, V> Shard<K, V> {
             return (Lookup::Hit(value.clone()), Some(key));
         }
         if let Some(slot) = self.flights.find(hash, |s| s.key == key) {
-            return (Lookup::Join(Arc::clone(&slot.flight)), Some(key));
+            if !slot.flight.lease_lapsed(now) {
+                return (Lookup::Join(Arc::clone(&slot.flight)), Some(key));
+            }
+            let flight = Arc::clone(&slot.flight);
+            self.abandon_flight(hash, &flight, limit);
+            self.stats.lease_expiries += 1;
+            *lapsed = Some(flight);
         }
-        let flight = Arc::new(Flight::new());
+        let token = self.next_token();
+        let flight = Arc::new(Flight::new(token, None, NO_LEASE));
+        self.insert_slot(hash, key, Arc::clone(&flight), false);
+        (Lookup::Lead(flight), None)
+    }
+
+    /// Looks `key` up for a claim with `fingerprint`: the completed record,
+    /// a mismatch, a claim or computation in progress, or a new claim with
+    /// a lease until `lease_deadline`. A lapsed claim is taken over (its
+    /// flight comes back in `lapsed`, to end after unlocking) and its unit
+    /// of the bound passes to the new claim.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn claim(
+        &mut self,
+        hash: u64,
+        key: K,
+        fingerprint: Option<Fingerprint>,
+        now: u64,
+        lease_deadline: u64,
+        limit: Option<&Limit>,
+        grave: &mut Graveyard<K, V>,
+        lapsed: &mut Option<Arc<Flight<V>>>,
+    ) -> (ClaimLookup<K, V>, Option<K>)
+    where
+        K: Clone,
+        V: Clone,
+    {
+        // The fingerprint is checked before anything else, so a reused key
+        // is reported even while the original request runs.
+        if let Some(entry) = self.get_live_entry(hash, &key, now) {
+            if !fingerprints_match(entry.fingerprint, fingerprint) {
+                self.stats.mismatches += 1;
+                return (ClaimLookup::Mismatch, Some(key));
+            }
+            let found = ClaimLookup::Completed {
+                value: entry.value.clone(),
+                expires_at: entry.deadline,
+                fingerprint: entry.fingerprint,
+            };
+            self.stats.replayed += 1;
+            return (found, Some(key));
+        }
+        let mut inherited_unit = false;
+        if let Some(slot) = self.flights.find(hash, |s| s.key == key) {
+            if !fingerprints_match(slot.flight.fingerprint, fingerprint) {
+                self.stats.mismatches += 1;
+                return (ClaimLookup::Mismatch, Some(key));
+            }
+            if !slot.flight.lease_lapsed(now) {
+                self.stats.in_progress += 1;
+                return (ClaimLookup::InProgress(Arc::clone(&slot.flight)), Some(key));
+            }
+            let slot = {
+                let flight = Arc::clone(&slot.flight);
+                self.take_slot(hash, &flight).expect("found above")
+            };
+            inherited_unit = slot.holds_unit;
+            self.stats.lease_expiries += 1;
+            *lapsed = Some(slot.flight);
+        }
+        if let Some(limit) = limit
+            && !inherited_unit
+        {
+            let reclaimed = self.reclaim_due(now, WRITE_RECLAIM_BUDGET, grave);
+            limit.release(reclaimed.entries);
+            if !limit.try_acquire() && !self.give_up_one(now, limit.evicts_live, grave) {
+                return (ClaimLookup::NeedRoom, Some(key));
+            }
+            limit.start_claim();
+        }
+        let token = self.next_token();
+        let flight = Arc::new(Flight::new(token, fingerprint, lease_deadline));
+        let copy = key.clone();
+        self.insert_slot(hash, key, Arc::clone(&flight), limit.is_some());
+        self.stats.acquired += 1;
+        (ClaimLookup::Acquired(flight, copy), None)
+    }
+
+    fn insert_slot(&mut self, hash: u64, key: K, flight: Arc<Flight<V>>, holds_unit: bool) {
         self.flights.insert_unique(
             hash,
             FlightSlot {
                 key,
-                flight: Arc::clone(&flight),
+                flight,
+                holds_unit,
                 hash,
                 invalidated: false,
             },
             |s| s.hash,
         );
-        (Lookup::Lead(flight), None)
     }
 
     /// Stores `value` under the key given by `key`, reclaiming expired
     /// entries on the way and, when `limit` says the cache is full, making
-    /// room in this shard (an expired entry first, else the soonest
-    /// deadline). See [`WriteResult`].
+    /// room in this shard (an expired entry first, else, if the policy
+    /// allows, the soonest deadline). A completing claim's unit becomes the
+    /// entry's. See [`WriteResult`].
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn write<S: BuildHasher>(
         &mut self,
@@ -431,33 +636,41 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         hasher: &S,
         grave: &mut Graveyard<K, V>,
     ) -> WriteResult<K, V> {
-        match &key {
+        let (fingerprint, holds_unit) = match &key {
             // A newer write wins over a computation of the key in progress.
-            WriteKey::Owned(key) => self.invalidate_flight(hash, key),
-            // A late result whose key was removed, cleared or overwritten in
-            // the meantime is not stored.
-            WriteKey::Flight(flight) if self.flight_slot(hash, flight).invalidated => {
-                grave.key = self.abandon_flight(hash, flight);
-                grave.value = Some(value);
-                return WriteResult::Invalidated;
+            WriteKey::Owned(key) => {
+                self.invalidate_flight(hash, key);
+                (None, false)
             }
-            WriteKey::Flight(_) => {}
-        }
+            WriteKey::Flight(flight) => {
+                let Some(slot) = self.flights.find(hash, |s| Arc::ptr_eq(&s.flight, flight)) else {
+                    return WriteResult::Fenced(value);
+                };
+                // A late result whose key was removed, cleared or
+                // overwritten in the meantime is not stored.
+                if slot.invalidated {
+                    grave.key = self.abandon_flight(hash, flight, limit);
+                    grave.value = Some(value);
+                    return WriteResult::Invalidated;
+                }
+                (flight.fingerprint, slot.holds_unit)
+            }
+        };
+
         let seq = self.next_seq();
         let item = Due {
             deadline,
             seq,
             hash,
         };
-        // Overwrite in place (even an expired entry): no change in the
-        // number of entries.
+        // Overwrite in place (even an expired entry): no new entry.
         let existing = match &key {
             WriteKey::Owned(key) => self.entries.find_mut(hash, |e| e.key == *key),
             WriteKey::Flight(flight) => {
                 let slot = self
                     .flights
                     .find(hash, |s| Arc::ptr_eq(&s.flight, flight))
-                    .expect("a flight stays in its shard until its leader ends it");
+                    .expect("checked above, under the same lock");
                 self.entries.find_mut(hash, |e| e.key == slot.key)
             }
         };
@@ -465,11 +678,13 @@ impl<K: Hash + Eq, V> Shard<K, V> {
             grave.value = Some(std::mem::replace(&mut entry.value, value));
             entry.deadline = deadline;
             entry.seq = seq;
+            entry.fingerprint = fingerprint;
             self.stats.inserts += 1;
             self.push_due(item, hasher);
             grave.key = match key {
                 WriteKey::Owned(key) => Some(key),
-                WriteKey::Flight(flight) => self.abandon_flight(hash, flight),
+                // The claim's unit is not needed: the entry has one.
+                WriteKey::Flight(flight) => self.abandon_flight(hash, flight, limit),
             };
             self.reclaim_for_write(now, limit, grave);
             return WriteResult::Stored;
@@ -478,10 +693,12 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         // overwritten in place above rather than reclaimed and re-added.
         self.reclaim_for_write(now, limit, grave);
 
-        // A new entry: take a unit of the global bound, or make room here.
+        // A new entry: a completing claim brings its unit; anything else
+        // takes one from the bound or makes room here.
         if let Some(limit) = limit
+            && !holds_unit
             && !limit.try_acquire()
-            && !self.give_up_one(now, grave)
+            && !self.give_up_one(now, limit.evicts_live, grave)
         {
             let key = match key {
                 WriteKey::Owned(key) => Some(key),
@@ -491,9 +708,15 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         }
         let key = match key {
             WriteKey::Owned(key) => key,
-            WriteKey::Flight(flight) => self
-                .abandon_flight(hash, flight)
-                .expect("a flight stays in its shard until its leader ends it"),
+            WriteKey::Flight(flight) => {
+                let slot = self.take_slot(hash, flight).expect("checked above");
+                if let Some(limit) = limit
+                    && slot.holds_unit
+                {
+                    limit.end_claim(true);
+                }
+                slot.key
+            }
         };
         self.entries.insert_unique(
             hash,
@@ -502,6 +725,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
                 value,
                 deadline,
                 seq,
+                fingerprint,
             },
             |e| hasher.hash_one(&e.key),
         );
@@ -510,18 +734,11 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         WriteResult::Stored
     }
 
-    /// The amortised reclamation every write does: a few due items.
     fn reclaim_for_write(&mut self, now: u64, limit: Option<&Limit>, grave: &mut Graveyard<K, V>) {
         let reclaimed = self.reclaim_due(now, WRITE_RECLAIM_BUDGET, grave);
         if let Some(limit) = limit {
             limit.release(reclaimed.entries);
         }
-    }
-
-    fn flight_slot(&self, hash: u64, flight: &Arc<Flight<V>>) -> &FlightSlot<K, V> {
-        self.flights
-            .find(hash, |s| Arc::ptr_eq(&s.flight, flight))
-            .expect("a flight stays in its shard until its leader ends it")
     }
 
     fn push_due<S: BuildHasher>(&mut self, item: Due, hasher: &S) {
@@ -598,7 +815,7 @@ mod tests {
         put(&mut shard, 2, 20, 0);
         put(&mut shard, 1, 30, 0); // key 1's item at 10 is now stale
         let mut grave = Graveyard::new();
-        assert!(shard.give_up_one(0, &mut grave));
+        assert!(shard.give_up_one(0, true, &mut grave));
         assert_eq!(grave.inline[0].as_ref().map(|e| e.key), Some(2));
         assert_eq!(shard.stats.evictions, 1);
     }

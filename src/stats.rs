@@ -39,6 +39,25 @@ pub struct Stats {
     /// Callers that waited for another caller's computation instead of
     /// running their own closure.
     pub coalesced: u64,
+    /// Claims that acquired their key ([`Claim::Acquired`](crate::Claim::Acquired)).
+    pub acquired: u64,
+    /// Claims answered with the completed record ([`Claim::Completed`](crate::Claim::Completed)).
+    pub replayed: u64,
+    /// Claims that found the key in progress ([`Claim::InProgress`](crate::Claim::InProgress)).
+    pub in_progress: u64,
+    /// Claims whose fingerprint differed from the record's or the claim in
+    /// progress ([`Claim::Mismatch`](crate::Claim::Mismatch)).
+    pub mismatches: u64,
+    /// Claims released without a result (explicitly, by drop, panic or a
+    /// dropped future).
+    pub releases: u64,
+    /// Claims whose lease lapsed and were taken over by a newer caller.
+    pub lease_expiries: u64,
+    /// Completions and renewals refused because a newer claim holds the key.
+    pub fenced: u64,
+    /// Claims and writes refused because the cache was full and no room
+    /// could be made ([`Claim::Full`](crate::Claim::Full)).
+    pub refused: u64,
 }
 
 impl Stats {
@@ -51,6 +70,14 @@ impl Stats {
         self.evictions += other.evictions;
         self.computations += other.computations;
         self.coalesced += other.coalesced;
+        self.acquired += other.acquired;
+        self.replayed += other.replayed;
+        self.in_progress += other.in_progress;
+        self.mismatches += other.mismatches;
+        self.releases += other.releases;
+        self.lease_expiries += other.lease_expiries;
+        self.fenced += other.fenced;
+        self.refused += other.refused;
     }
 
     /// Fraction of lookups that were hits, or `0.0` before any lookup.
