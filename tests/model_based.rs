@@ -1,12 +1,14 @@
 //! Model-based property tests: random sequences of 1..200 operations over
-//! six keys, checked step by step against a reference model (see
-//! `tests/model/mod.rs`), for one shard and many, bounded and not.
+//! six keys (plain cache operations, `get_or_compute`, claims, completions,
+//! releases, renewals and clock moves past TTLs and leases), checked step by
+//! step against a reference model (see `tests/model/mod.rs`), for one shard
+//! and many, bounded and not, evicting and refusing.
 //!
 //! Cases per configuration: `PROPTEST_CASES` (CI sets 1000; default 256).
 
 mod model;
 
-use model::{Config, KEYS, Op, run};
+use model::{CONFIGS, Config, KEYS, Op, run};
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
 
@@ -27,6 +29,11 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (key(), any::<u8>()).prop_map(|(key, value)| Op::ComputeOk { key, value }),
         1 => key().prop_map(|key| Op::ComputeErr { key }),
         3 => (0..=15u8).prop_map(|ticks| Op::Advance { ticks }),
+        4 => (key(), 0..3u8).prop_map(|(key, fingerprint)| Op::Claim { key, fingerprint }),
+        3 => (any::<u8>(), any::<u8>(), proptest::option::of(0..=20u8))
+            .prop_map(|(reservation, value, ttl)| Op::Complete { reservation, value, ttl }),
+        1 => any::<u8>().prop_map(|reservation| Op::Release { reservation }),
+        1 => any::<u8>().prop_map(|reservation| Op::Renew { reservation }),
     ]
 }
 
@@ -44,22 +51,32 @@ proptest! {
 
     #[test]
     fn one_shard_unbounded(ops in ops()) {
-        run(Config { shards: 1, max_entries: None }, &ops);
+        run(CONFIGS[0], &ops);
     }
 
     #[test]
     fn many_shards_unbounded(ops in ops()) {
-        run(Config { shards: 8, max_entries: None }, &ops);
+        run(CONFIGS[1], &ops);
     }
 
     #[test]
     fn one_shard_bounded_evicts_exactly_the_soonest(ops in ops()) {
-        run(Config { shards: 1, max_entries: Some(3) }, &ops);
+        run(CONFIGS[2], &ops);
     }
 
     #[test]
     fn many_shards_bounded(ops in ops()) {
-        run(Config { shards: 4, max_entries: Some(3) }, &ops);
+        run(CONFIGS[3], &ops);
+    }
+
+    #[test]
+    fn one_shard_bounded_refusing(ops in ops()) {
+        run(CONFIGS[4], &ops);
+    }
+
+    #[test]
+    fn many_shards_bounded_refusing(ops in ops()) {
+        run(CONFIGS[5], &ops);
     }
 }
 
@@ -72,6 +89,7 @@ fn fuzz_regression_keys_outside_the_key_space() {
             Config {
                 shards,
                 max_entries: None,
+                refuse_when_full: false,
             },
             &[
                 Op::InsertWithTtl {

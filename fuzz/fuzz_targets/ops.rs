@@ -7,7 +7,7 @@
 mod model;
 
 use libfuzzer_sys::fuzz_target;
-use model::{Config, Op, run};
+use model::{CONFIGS, Op, run};
 
 #[derive(Debug, arbitrary::Arbitrary)]
 struct Input {
@@ -16,23 +16,6 @@ struct Input {
 }
 
 fuzz_target!(|input: Input| {
-    let config = match input.config % 4 {
-        0 => Config {
-            shards: 1,
-            max_entries: None,
-        },
-        1 => Config {
-            shards: 8,
-            max_entries: None,
-        },
-        2 => Config {
-            shards: 1,
-            max_entries: Some(3),
-        },
-        _ => Config {
-            shards: 4,
-            max_entries: Some(3),
-        },
-    };
+    let config = CONFIGS[usize::from(input.config) % CONFIGS.len()];
     run(config, &input.ops[..input.ops.len().min(400)]);
 });
