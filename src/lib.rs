@@ -62,6 +62,65 @@
 //!   while its computation runs is not undone by the late result: the
 //!   leader and waiters still receive the value, but it is not stored.
 //!
+//! ## Protocol
+//!
+//! [`Cache::claim`] is the idempotency-key protocol of the IETF
+//! `Idempotency-Key` draft and Stripe, done in one atomic call. A handler
+//! maps each outcome to a response:
+//!
+//! | situation | outcome | HTTP status |
+//! |---|---|---|
+//! | key missing or malformed (empty, too long, repeated header) | (checked before `claim`) | **400** |
+//! | first request with this key | [`Claim::Acquired`]: run the handler once, then [`Reservation::complete`] | the handler's own |
+//! | a retry of a finished request | [`Claim::Completed`]: replay [`Replay::value`], add [`Replay::HEADER`] (`Idempotent-Replayed: true`), and [`Replay::expires_at`] for an expiry header | the stored one |
+//! | the same request is still running | [`Claim::InProgress`]: **409** with `Retry-After: `[`Pending::retry_after`], or wait with [`Pending::wait_timeout`] / [`Pending::wait_async`] and fall back to 409 | **409** |
+//! | the key was used for a different request | [`Claim::Mismatch`] (checked before "in progress") | **422** |
+//! | the store cannot take the claim | [`Claim::Full`]: fail closed | **503** |
+//! | the record expired | a new request: [`Claim::Acquired`] | |
+//!
+//! - **Fingerprints.** Pass a [`Fingerprint`] of what identifies the
+//!   request (method, route, body): [`Fingerprint::of`] is a documented,
+//!   stable 128-bit digest of length-prefixed parts, so it can be persisted
+//!   and shared between replicas. Records written without one (by `insert` or
+//!   `get_or_compute`) match any request.
+//! - **Outcomes.** [`Reservation::complete`] stores the result for the
+//!   time-to-live ([`Reservation::complete_with_ttl`] for another retention)
+//!   and wakes waiters with it. A retryable failure is reported by
+//!   [`Reservation::release`], or by dropping the reservation (including
+//!   unwinding from a panic, or dropping the future that holds it): nothing
+//!   is stored and a retry runs again. A terminal failure that must be
+//!   replayed is just a completed value (a response with an error status).
+//! - **Leases and fencing.** A claim holds its key for the
+//!   [lease](CacheBuilder::lease) (60 s by default, separate from the
+//!   retention), renewable with [`Reservation::renew`]. Once it lapses, a new
+//!   claim may take the key over; every reservation carries a fencing
+//!   [token](Reservation::token) that increases per key, and a stale
+//!   reservation's `complete` or `renew` fails with [`StaleReservation`]
+//!   without touching the newer claim or its result.
+//! - **Capacity.** In a bounded cache, claims in progress hold room and are
+//!   never evicted. [`CapacityPolicy::Refuse`] is the idempotency-safe mode:
+//!   completed records are never evicted before they expire either, and new
+//!   claims get [`Claim::Full`] instead.
+//! - **Scoping.** Keys come from clients: scope them to the caller, or one
+//!   client can replay another's response. Use `(tenant, key)` tuples (or
+//!   add the route) as the cache's key:
+//!
+//! ```
+//! use idemcache::{Cache, Claim};
+//!
+//! type TenantId = u64;
+//! let cache: Cache<(TenantId, String), String> = Cache::new();
+//! if let Claim::Acquired(r) = cache.claim((1, "retry-me".to_string()), None) {
+//!     r.complete("tenant 1's receipt".to_string()).unwrap();
+//! }
+//! // Another tenant that happens to send the same key is a new request.
+//! assert!(matches!(cache.claim((2, "retry-me".to_string()), None), Claim::Acquired(_)));
+//! ```
+//!
+//! Clients get keys from [`key::random`] (a UUID v4 per logical request) or
+//! [`key::deterministic`] (the same key for the same request, for form
+//! resubmission). `examples/handler.rs` is a complete handler.
+//!
 //! ## Expiry
 //!
 //! An entry written at `t` with time-to-live `d` is returned while

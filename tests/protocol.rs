@@ -2,6 +2,8 @@
 //! protocol issue (claims, fingerprints, outcomes, leases and fencing,
 //! waiting, capacity, replay metadata, stats, key helpers, scoping).
 
+#![cfg(all(feature = "digest", feature = "uuid"))]
+
 mod common;
 
 use std::convert::Infallible;

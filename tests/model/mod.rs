@@ -300,8 +300,8 @@ impl Harness {
             seq: self.seq,
             fingerprint: None,
         };
-        if self.entries.contains_key(&key) {
-            self.entries.insert(key, record);
+        if let Some(existing) = self.entries.get_mut(&key) {
+            *existing = record;
             return;
         }
         if !self.make_room(key) {
