@@ -1,0 +1,272 @@
+//! Shared by the benchmarks: the value type, key sets, the peers behind one
+//! trait, and a multi-threaded timing loop.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::hash::Hash;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+/// Values are `Arc<[u8; 256]>`: what a server caches (a response body
+/// behind a shared pointer).
+pub type Value = Arc<[u8; 256]>;
+
+pub const TTL: Duration = Duration::from_secs(24 * 3600);
+
+pub fn value(i: u64) -> Value {
+    Arc::new([i as u8; 256])
+}
+
+/// A small deterministic PRNG (splitmix64), so every run uses the same keys.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    pub fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// A key type the benchmarks can generate: 36-byte UUID strings or `u64`.
+pub trait BenchKey: Hash + Eq + Clone + Send + Sync + 'static {
+    fn make(n: u64) -> Self;
+}
+
+impl BenchKey for u64 {
+    fn make(n: u64) -> Self {
+        Rng::new(n).next()
+    }
+}
+
+impl BenchKey for String {
+    /// A UUID-v4-shaped string (36 bytes), distinct for each `n`.
+    fn make(n: u64) -> Self {
+        let mut rng = Rng::new(n ^ 0xA5A5_A5A5);
+        let (a, b) = (rng.next(), rng.next());
+        format!(
+            "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+            a >> 32,
+            (a >> 16) & 0xffff,
+            a & 0xfff,
+            0x8000 | (b >> 48) & 0x3fff,
+            b & 0xffff_ffff_ffff
+        )
+    }
+}
+
+/// Keys `0..n` (present) and `n..2n` (absent, for misses).
+pub fn keys<K: BenchKey>(n: usize) -> (Vec<K>, Vec<K>) {
+    let present = (0..n as u64).map(K::make).collect();
+    let absent = (n as u64..2 * n as u64).map(K::make).collect();
+    (present, absent)
+}
+
+/// Indices into a key set of `n`: uniform, or skewed (`⌊n·u⁴⌋`: half of
+/// the lookups go to the hottest 6.25% of keys).
+pub fn indices(n: usize, count: usize, skewed: bool, seed: u64) -> Vec<u32> {
+    let mut rng = Rng::new(seed);
+    (0..count)
+        .map(|_| {
+            let u = rng.unit();
+            let u = if skewed { u.powi(4) } else { u };
+            ((u * n as f64) as usize).min(n - 1) as u32
+        })
+        .collect()
+}
+
+/// A cache under test, behind the operations the workloads need.
+pub trait Store<K>: Send + Sync {
+    fn get(&self, key: &K) -> Option<Value>;
+    fn insert(&self, key: K, value: Value);
+    /// The crate's single-flight API (or the closest thing it has).
+    fn get_or_compute(&self, key: K, compute: &(dyn Fn() -> Value + Sync)) -> Value;
+}
+
+/// The crates compared, in table order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Peer {
+    Idemcache,
+    Moka,
+    MiniMoka,
+    QuickCache,
+    DashMapTtl,
+}
+
+impl Peer {
+    pub const ALL: [Peer; 5] = [
+        Peer::Idemcache,
+        Peer::Moka,
+        Peer::MiniMoka,
+        Peer::QuickCache,
+        Peer::DashMapTtl,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Peer::Idemcache => "idemcache",
+            Peer::Moka => "moka",
+            Peer::MiniMoka => "mini-moka",
+            Peer::QuickCache => "quick_cache",
+            Peer::DashMapTtl => "dashmap+ttl",
+        }
+    }
+
+    /// A store with a 24 h TTL; `capacity` bounds it (where the crate
+    /// supports a bound) or sizes it (quick_cache, which is always bounded).
+    pub fn build<K: BenchKey>(self, capacity: usize, bounded: bool) -> Box<dyn Store<K>> {
+        match self {
+            Peer::Idemcache => {
+                let mut b = idemcache::Cache::builder().time_to_live(TTL);
+                if bounded {
+                    b = b.max_entries(capacity);
+                }
+                Box::new(b.build().unwrap())
+            }
+            Peer::Moka => {
+                let mut b = moka::sync::Cache::builder().time_to_live(TTL);
+                if bounded {
+                    b = b.max_capacity(capacity as u64);
+                }
+                Box::new(b.build())
+            }
+            Peer::MiniMoka => {
+                let mut b = mini_moka::sync::Cache::builder().time_to_live(TTL);
+                if bounded {
+                    b = b.max_capacity(capacity as u64);
+                }
+                Box::new(b.build())
+            }
+            Peer::QuickCache => {
+                let cap = if bounded { capacity } else { capacity * 2 };
+                Box::new(quick_cache::sync::Cache::new(cap))
+            }
+            Peer::DashMapTtl => Box::new(DashTtl::<K>(dashmap::DashMap::with_capacity(capacity))),
+        }
+    }
+}
+
+impl<K: BenchKey> Store<K> for idemcache::Cache<K, Value> {
+    fn get(&self, key: &K) -> Option<Value> {
+        idemcache::Cache::get(self, key)
+    }
+    fn insert(&self, key: K, value: Value) {
+        idemcache::Cache::insert(self, key, value)
+    }
+    fn get_or_compute(&self, key: K, compute: &(dyn Fn() -> Value + Sync)) -> Value {
+        match idemcache::Cache::get_or_compute(self, key, || Ok::<_, Infallible>(compute())) {
+            Ok(v) => v,
+        }
+    }
+}
+
+impl<K: BenchKey> Store<K> for moka::sync::Cache<K, Value> {
+    fn get(&self, key: &K) -> Option<Value> {
+        moka::sync::Cache::get(self, key)
+    }
+    fn insert(&self, key: K, value: Value) {
+        moka::sync::Cache::insert(self, key, value)
+    }
+    fn get_or_compute(&self, key: K, compute: &(dyn Fn() -> Value + Sync)) -> Value {
+        self.get_with(key, compute)
+    }
+}
+
+impl<K: BenchKey> Store<K> for mini_moka::sync::Cache<K, Value> {
+    fn get(&self, key: &K) -> Option<Value> {
+        mini_moka::sync::Cache::get(self, key)
+    }
+    fn insert(&self, key: K, value: Value) {
+        mini_moka::sync::Cache::insert(self, key, value)
+    }
+    /// mini-moka has no single-flight API: check, compute, insert.
+    fn get_or_compute(&self, key: K, compute: &(dyn Fn() -> Value + Sync)) -> Value {
+        if let Some(v) = mini_moka::sync::Cache::get(self, &key) {
+            return v;
+        }
+        let v = compute();
+        mini_moka::sync::Cache::insert(self, key, v.clone());
+        v
+    }
+}
+
+impl<K: BenchKey> Store<K> for quick_cache::sync::Cache<K, Value> {
+    fn get(&self, key: &K) -> Option<Value> {
+        quick_cache::sync::Cache::get(self, key)
+    }
+    fn insert(&self, key: K, value: Value) {
+        quick_cache::sync::Cache::insert(self, key, value)
+    }
+    fn get_or_compute(&self, key: K, compute: &(dyn Fn() -> Value + Sync)) -> Value {
+        match self.get_or_insert_with(&key, || Ok::<_, Infallible>(compute())) {
+            Ok(v) => v,
+        }
+    }
+}
+
+/// What people write when they skip a crate: a DashMap of (value, deadline)
+/// with the expiry check by hand.
+pub struct DashTtl<K: BenchKey>(pub dashmap::DashMap<K, (Value, Instant)>);
+
+impl<K: BenchKey> Store<K> for DashTtl<K> {
+    fn get(&self, key: &K) -> Option<Value> {
+        let entry = self.0.get(key)?;
+        (Instant::now() < entry.1).then(|| entry.0.clone())
+    }
+    fn insert(&self, key: K, value: Value) {
+        self.0.insert(key, (value, Instant::now() + TTL));
+    }
+    /// The entry API holds the shard's write lock while computing.
+    fn get_or_compute(&self, key: K, compute: &(dyn Fn() -> Value + Sync)) -> Value {
+        let now = Instant::now();
+        let mut entry = self.0.entry(key).or_insert_with(|| (compute(), now + TTL));
+        if entry.1 <= now {
+            *entry = (compute(), now + TTL);
+        }
+        entry.0.clone()
+    }
+}
+
+/// Runs `work(thread)` on `threads` threads started together; returns the
+/// wall time from the start until the last one finished (the calling thread
+/// only waits, so it takes no core from the workers).
+pub fn timed<F>(threads: usize, work: F) -> Duration
+where
+    F: Fn(usize) + Sync,
+{
+    let start = Barrier::new(threads + 1);
+    let began = std::thread::scope(|s| {
+        for t in 0..threads {
+            let (start, work) = (&start, &work);
+            s.spawn(move || {
+                start.wait();
+                work(t);
+            });
+        }
+        start.wait();
+        Instant::now()
+        // The scope joins every worker before returning.
+    });
+    began.elapsed()
+}
+
+/// Counts closure runs, for the single-flight workloads.
+pub struct Runs(pub AtomicU64);
+
+impl Runs {
+    pub fn new() -> Self {
+        Runs(AtomicU64::new(0))
+    }
+    pub fn count(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
