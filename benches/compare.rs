@@ -101,11 +101,23 @@ fn preloaded_workloads<K: BenchKey>(
                 })
             })
         };
-        record(rows, &format!("get hit, uniform{label}"), threads, peer, Some(get(&uniform)));
+        record(
+            rows,
+            &format!("get hit, uniform{label}"),
+            threads,
+            peer,
+            Some(get(&uniform)),
+        );
         if !full_set {
             continue;
         }
-        record(rows, &format!("get hit, skewed{label}"), threads, peer, Some(get(&skewed)));
+        record(
+            rows,
+            &format!("get hit, skewed{label}"),
+            threads,
+            peer,
+            Some(get(&skewed)),
+        );
         let miss = throughput(cfg, threads, || {
             timed(threads, |t| {
                 for &i in &uniform[t * cfg.ops..(t + 1) * cfg.ops] {
@@ -125,7 +137,8 @@ fn preloaded_workloads<K: BenchKey>(
                         .collect()
                 })
                 .collect();
-            let owned: Vec<std::sync::Mutex<Vec<K>>> = owned.into_iter().map(std::sync::Mutex::new).collect();
+            let owned: Vec<std::sync::Mutex<Vec<K>>> =
+                owned.into_iter().map(std::sync::Mutex::new).collect();
             timed(threads, |t| {
                 let keys = std::mem::take(&mut *owned[t].lock().unwrap());
                 for key in keys {
@@ -133,7 +146,13 @@ fn preloaded_workloads<K: BenchKey>(
                 }
             })
         });
-        record(rows, &format!("get_or_compute hit{label}"), threads, peer, Some(hit));
+        record(
+            rows,
+            &format!("get_or_compute hit{label}"),
+            threads,
+            peer,
+            Some(hit),
+        );
     }
     if !full_set {
         return;
@@ -144,7 +163,11 @@ fn preloaded_workloads<K: BenchKey>(
             let fresh: Vec<std::sync::Mutex<Vec<K>>> = (0..threads)
                 .map(|t| {
                     let base = fresh_base() + t as u64 * 100_000_000;
-                    std::sync::Mutex::new((0..cfg.ops as u64 / 10 + 1).map(|j| K::make(base + j)).collect())
+                    std::sync::Mutex::new(
+                        (0..cfg.ops as u64 / 10 + 1)
+                            .map(|j| K::make(base + j))
+                            .collect(),
+                    )
                 })
                 .collect();
             timed(threads, |t| {
@@ -158,7 +181,13 @@ fn preloaded_workloads<K: BenchKey>(
                 }
             })
         });
-        record(rows, &format!("mixed 90% get / 10% insert{label}"), threads, peer, Some(mixed));
+        record(
+            rows,
+            &format!("mixed 90% get / 10% insert{label}"),
+            threads,
+            peer,
+            Some(mixed),
+        );
     }
 }
 
@@ -177,14 +206,23 @@ fn insert_workloads<K: BenchKey>(cfg: &Config, rows: &mut Vec<Row>, peer: Peer, 
             let store = peer.build::<K>(cfg.ops * threads, false);
             let fresh = fresh_keys(threads);
             let took = timed(threads, |t| {
-                for (j, key) in std::mem::take(&mut *fresh[t].lock().unwrap()).into_iter().enumerate() {
+                for (j, key) in std::mem::take(&mut *fresh[t].lock().unwrap())
+                    .into_iter()
+                    .enumerate()
+                {
                     store.insert(key, value(j as u64));
                 }
             });
             drop(store);
             took
         });
-        record(rows, &format!("insert fresh, empty{label}"), threads, peer, Some(empty));
+        record(
+            rows,
+            &format!("insert fresh, empty{label}"),
+            threads,
+            peer,
+            Some(empty),
+        );
 
         let full = (peer != Peer::DashMapTtl).then(|| {
             throughput(cfg, threads, || {
@@ -195,7 +233,10 @@ fn insert_workloads<K: BenchKey>(cfg: &Config, rows: &mut Vec<Row>, peer: Peer, 
                 }
                 let fresh = fresh_keys(threads);
                 let took = timed(threads, |t| {
-                    for (j, key) in std::mem::take(&mut *fresh[t].lock().unwrap()).into_iter().enumerate() {
+                    for (j, key) in std::mem::take(&mut *fresh[t].lock().unwrap())
+                        .into_iter()
+                        .enumerate()
+                    {
                         store.insert(key, value(j as u64));
                     }
                 });
@@ -203,14 +244,24 @@ fn insert_workloads<K: BenchKey>(cfg: &Config, rows: &mut Vec<Row>, peer: Peer, 
                 took
             })
         });
-        record(rows, &format!("insert fresh, full {FULL_CAPACITY} (evicts){label}"), threads, peer, full);
+        record(
+            rows,
+            &format!("insert fresh, full {FULL_CAPACITY} (evicts){label}"),
+            threads,
+            peer,
+            full,
+        );
     }
 }
 
 /// get_or_compute on misses where half the keys are requested twice: by
 /// the other thread (2 threads), or right after (1 thread). Reports
 /// closure runs per distinct key too.
-fn single_flight_workload<K: BenchKey>(cfg: &Config, rows: &mut Vec<Row>, peer: Peer) -> Vec<String> {
+fn single_flight_workload<K: BenchKey>(
+    cfg: &Config,
+    rows: &mut Vec<Row>,
+    peer: Peer,
+) -> Vec<String> {
     let mut notes = Vec::new();
     for threads in [1, 2] {
         let mut worst_ratio: f64 = 0.0;
@@ -229,14 +280,23 @@ fn single_flight_workload<K: BenchKey>(cfg: &Config, rows: &mut Vec<Row>, peer: 
                                 if j % 2 == 0 || threads == 1 {
                                     K::make(seed * 1_000_000_000 + j / 2)
                                 } else {
-                                    K::make(seed * 1_000_000_000 + 500_000_000 + t as u64 * 100_000_000 + j)
+                                    K::make(
+                                        seed * 1_000_000_000
+                                            + 500_000_000
+                                            + t as u64 * 100_000_000
+                                            + j,
+                                    )
                                 }
                             })
                             .collect(),
                     )
                 })
                 .collect();
-            let distinct = if threads == 1 { cfg.ops.div_ceil(2) } else { cfg.ops / 2 + threads * (cfg.ops / 2) };
+            let distinct = if threads == 1 {
+                cfg.ops.div_ceil(2)
+            } else {
+                cfg.ops / 2 + threads * (cfg.ops / 2)
+            };
             let took = timed(threads, |t| {
                 for key in std::mem::take(&mut *sequences[t].lock().unwrap()) {
                     black_box(store.get_or_compute(key, &|| {
@@ -249,7 +309,13 @@ fn single_flight_workload<K: BenchKey>(cfg: &Config, rows: &mut Vec<Row>, peer: 
             drop(store);
             took
         });
-        record(rows, "get_or_compute miss, 50% duplicates", threads, peer, Some(mops));
+        record(
+            rows,
+            "get_or_compute miss, 50% duplicates",
+            threads,
+            peer,
+            Some(mops),
+        );
         notes.push(format!("{}: {threads} thread(s): closure runs / distinct keys = {worst_ratio:.4} (worst of runs)", peer.name()));
     }
     notes
@@ -259,7 +325,8 @@ fn single_flight_workload<K: BenchKey>(cfg: &Config, rows: &mut Vec<Row>, peer: 
 /// against the same store with no reaper.
 fn reaper_latency() -> String {
     fn percentiles(with_reaper: bool) -> (f64, f64, f64) {
-        let mut builder = idemcache::Cache::<String, common::Value>::builder().time_to_live(common::TTL);
+        let mut builder =
+            idemcache::Cache::<String, common::Value>::builder().time_to_live(common::TTL);
         if with_reaper {
             builder = builder.background_eviction(Duration::from_millis(20));
         }
@@ -307,16 +374,33 @@ fn main() {
         return;
     }
     let cfg = Config {
-        ops: std::env::var("COMPARE_OPS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000),
-        reps: std::env::var("COMPARE_REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(3),
+        ops: std::env::var("COMPARE_OPS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1_000_000),
+        reps: std::env::var("COMPARE_REPS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(3),
     };
     let started = Instant::now();
     let mut rows = Vec::new();
     let mut notes = Vec::new();
     for peer in Peer::ALL {
-        eprintln!("[{:>5.0} s] {}", started.elapsed().as_secs_f64(), peer.name());
+        eprintln!(
+            "[{:>5.0} s] {}",
+            started.elapsed().as_secs_f64(),
+            peer.name()
+        );
         preloaded_workloads::<String>(&cfg, &mut rows, peer, "", PRELOAD, true);
-        preloaded_workloads::<u64>(&cfg, &mut rows, peer, " (u64 keys, 100k)", SMALL_PRELOAD, false);
+        preloaded_workloads::<u64>(
+            &cfg,
+            &mut rows,
+            peer,
+            " (u64 keys, 100k)",
+            SMALL_PRELOAD,
+            false,
+        );
         insert_workloads::<String>(&cfg, &mut rows, peer, "");
         insert_workloads::<u64>(&cfg, &mut rows, peer, " (u64 keys)");
         notes.extend(single_flight_workload::<String>(&cfg, &mut rows, peer));
@@ -336,7 +420,12 @@ fn main() {
     println!("|---|---|---|{}", "---|".repeat(Peer::ALL.len() - 1));
     for row in &rows {
         let ours = row.mops[0];
-        print!("| {} | {} | {} |", row.workload, row.threads, ours.map_or("n/a".into(), |m| format!("{m:.2}")));
+        print!(
+            "| {} | {} | {} |",
+            row.workload,
+            row.threads,
+            ours.map_or("n/a".into(), |m| format!("{m:.2}"))
+        );
         for theirs in &row.mops[1..] {
             match (ours, theirs) {
                 (Some(a), Some(b)) => print!(" {:.2}× |", a / b),

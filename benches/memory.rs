@@ -36,7 +36,10 @@ unsafe impl GlobalAlloc for Counting {
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE_BYTES.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
+        LIVE_BYTES.fetch_add(
+            new_size as isize - layout.size() as isize,
+            Ordering::Relaxed,
+        );
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
         // SAFETY: same contract as our caller's.
         unsafe { System.realloc(ptr, layout, new_size) }
@@ -81,7 +84,9 @@ fn main() {
         return;
     }
     let started = Instant::now();
-    println!("| structure (1M entries, 36-byte String keys, Arc<u64> values) | heap bytes/entry | overhead bytes/entry (minus 44 B payload) | allocations/insert (structure's own) |");
+    println!(
+        "| structure (1M entries, 36-byte String keys, Arc<u64> values) | heap bytes/entry | overhead bytes/entry (minus 44 B payload) | allocations/insert (structure's own) |"
+    );
     println!("|---|---|---|---|");
     measure("std HashMap (hashbrown), no TTL", || {
         let mut map = std::collections::HashMap::new();
@@ -90,7 +95,10 @@ fn main() {
         })
     });
     measure("idemcache", || {
-        let cache: idemcache::Cache<String, V> = idemcache::Cache::builder().time_to_live(TTL).build().unwrap();
+        let cache: idemcache::Cache<String, V> = idemcache::Cache::builder()
+            .time_to_live(TTL)
+            .build()
+            .unwrap();
         Box::new(move |k, v| cache.insert(k, v))
     });
     measure("dashmap + Instant", || {

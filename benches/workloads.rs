@@ -31,7 +31,9 @@ fn bench_threads(
 ) {
     let (present, _) = keys::<String>(N);
     let mut g = c.benchmark_group(group);
-    g.sample_size(10).measurement_time(Duration::from_secs(2)).warm_up_time(Duration::from_millis(500));
+    g.sample_size(10)
+        .measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_millis(500));
     for peer in Peer::ALL {
         let store = preloaded(peer, &present);
         for threads in [1usize, 2] {

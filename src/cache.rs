@@ -676,11 +676,10 @@ impl<K, V, S> Shared<K, V, S> {
             }
             key
         };
-        // A flight that is no longer its key's was already ended by the
-        // claim that took it over.
-        if key.is_some() {
-            flight.finish(Outcome::Abandoned);
-        }
+        drop(key);
+        // Ends the flight unless something else (a claim taking over a
+        // lapsed lease, a purge) already did.
+        flight.finish(Outcome::Abandoned);
     }
 
     /// Counts a fenced completion or renewal.
@@ -699,6 +698,15 @@ impl<K, V, S> Shared<K, V, S> {
             // Already ended by the claim that took the key over.
             Stored::Fenced(_) => return,
         };
+        // If cloning the value for the waiters panics, they are still woken
+        // (to retry) rather than left waiting.
+        struct EndOnUnwind<'a, V>(&'a Flight<V>);
+        impl<V> Drop for EndOnUnwind<'_, V> {
+            fn drop(&mut self) {
+                self.0.finish(Outcome::Abandoned);
+            }
+        }
+        let guard = EndOnUnwind(flight);
         // The flight has left the shard, so no new waiter can join: if
         // nobody else holds it, nobody can observe the outcome and the clone
         // is skipped.
@@ -711,6 +719,7 @@ impl<K, V, S> Shared<K, V, S> {
             Outcome::Abandoned
         };
         flight.finish(outcome);
+        drop(guard); // a no-op now: the first end wins
     }
 
     /// The shard for `hash`. Uses the bits below hashbrown's 7-bit tag (the
@@ -848,6 +857,15 @@ where
     fn purge(&self, stop: &dyn Fn() -> bool) -> usize {
         let mut total = 0;
         for shard in self.shards.iter() {
+            {
+                // Claims whose holders vanished: free their room, tell
+                // their waiters (after unlocking, when `grave` drops).
+                let mut grave = Graveyard::new();
+                let now = self.time.now();
+                shard
+                    .lock()
+                    .end_lapsed_claims(now, self.limit.as_ref(), &mut grave);
+            }
             loop {
                 let mut grave = Graveyard::new();
                 let now = self.time.now();
@@ -873,16 +891,11 @@ where
         V: Clone,
     {
         let now = self.time.now();
-        let mut lapsed = None;
+        // Declared before the guard: a lapsed claim taken over here is
+        // ended (its waiters woken) after the lock is released.
+        let mut grave = Graveyard::new();
         let mut shard = self.shard(hash).lock();
-        let (lookup, key) = shard.lookup_or_lead(hash, key, now, self.limit.as_ref(), &mut lapsed);
-        if let Some(lapsed) = lapsed {
-            // A claim whose lease lapsed was taken over: its waiters may
-            // retry. Ended outside the shard lock.
-            drop(shard);
-            lapsed.finish(Outcome::Abandoned);
-            shard = self.shard(hash).lock();
-        }
+        let (lookup, key) = shard.lookup_or_lead(hash, key, now, self.limit.as_ref(), &mut grave);
         let first = !std::mem::replace(&mut caller.looked_up, true);
         let stats = &mut shard.stats;
         match lookup {

@@ -95,12 +95,17 @@ impl<V> Flight<V> {
     }
 
     /// Ends the flight with `outcome` and wakes every waiter, blocking and
-    /// async. Wakers run after the flight's lock is released.
+    /// async; wakers run after the flight's lock is released. The first end
+    /// wins: a later call is ignored, so every path that may end a flight
+    /// (its owner, a drop guard, a claim taking over a lapsed lease, a
+    /// purge) can simply call this.
     pub(crate) fn finish(&self, outcome: Outcome<V>) {
         debug_assert!(!matches!(outcome, Outcome::Running));
         let wakers = {
             let mut state = self.state.lock();
-            debug_assert!(matches!(state.outcome, Outcome::Running), "finished twice");
+            if !matches!(state.outcome, Outcome::Running) {
+                return;
+            }
             state.outcome = outcome;
             std::mem::take(&mut state.wakers)
         };

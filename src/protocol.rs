@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use crate::Fingerprint;
 use crate::cache::{Cache, Stored};
 use crate::clock::duration_to_nanos;
-use crate::flight::{self, Ended, Flight, NO_LEASE, Outcome};
+use crate::flight::{self, Ended, Flight, NO_LEASE};
 use crate::shard::{ClaimLookup, Graveyard, WriteKey};
 use crate::sync::Arc;
 
@@ -311,14 +311,16 @@ where
     }
 
     fn finish(mut self, value: V, ttl: u64) -> Result<(), StaleReservation<V>> {
-        self.done = true;
         let shared = &self.cache.shared;
+        // If this clone panics, `done` is still false: dropping the
+        // reservation releases the key.
         let stored = shared.store(
             self.hash,
             WriteKey::Flight(&self.flight),
             value.clone(),
             ttl,
         );
+        self.done = true;
         if let Stored::Fenced(_) = stored {
             shared.count_fenced(self.hash);
             return Err(StaleReservation {
@@ -439,7 +441,6 @@ where
         let mut key = key;
         loop {
             let mut grave = Graveyard::new();
-            let mut lapsed = None;
             let now = shared.now();
             let lease_deadline = now.saturating_add(shared.lease);
             let (found, returned) = shared.shard(hash).lock().claim(
@@ -450,13 +451,10 @@ where
                 lease_deadline,
                 shared.limit.as_ref(),
                 &mut grave,
-                &mut lapsed,
             );
+            // After unlocking: drops what the claim displaced and ends a
+            // lapsed claim it took over (its waiters learn it is gone).
             drop(grave);
-            if let Some(lapsed) = lapsed {
-                // The claim whose lease lapsed: its waiters learn it is gone.
-                lapsed.finish(Outcome::Abandoned);
-            }
             match found {
                 ClaimLookup::Completed {
                     value,

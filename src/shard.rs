@@ -26,7 +26,7 @@ use std::hash::{BuildHasher, Hash};
 
 use hashbrown::HashTable;
 
-use crate::flight::{Flight, NO_LEASE};
+use crate::flight::{Flight, NO_LEASE, Outcome};
 use crate::sync::Arc;
 use crate::sync::atomic::{AtomicUsize, Ordering};
 use crate::{Fingerprint, Stats};
@@ -149,8 +149,10 @@ impl Limit {
     }
 }
 
-/// Entries removed under the lock, dropped by the caller after unlocking.
-/// The first few live inline so that a typical write allocates nothing.
+/// What was removed under a shard lock, dropped (and, for flights, ended)
+/// by the caller after unlocking, so that user `Drop` code and wake-ups
+/// never run under the lock. The first few entries live inline so that a
+/// typical write allocates nothing.
 pub(crate) struct Graveyard<K, V> {
     inline: [Option<Entry<K, V>>; WRITE_RECLAIM_BUDGET],
     inline_len: usize,
@@ -160,6 +162,17 @@ pub(crate) struct Graveyard<K, V> {
     /// A key that was not stored (the entry already had one, or the write
     /// was invalidated).
     key: Option<K>,
+    /// Claims ended because their lease lapsed, with their keys: their
+    /// waiters are told (`Abandoned`) when the graveyard is dropped.
+    lapsed: Vec<(Arc<Flight<V>>, K)>,
+}
+
+impl<K, V> Drop for Graveyard<K, V> {
+    fn drop(&mut self) {
+        for (flight, _key) in self.lapsed.drain(..) {
+            flight.finish(Outcome::Abandoned);
+        }
+    }
 }
 
 impl<K, V> Graveyard<K, V> {
@@ -170,6 +183,7 @@ impl<K, V> Graveyard<K, V> {
             spill: Vec::new(),
             value: None,
             key: None,
+            lapsed: Vec::new(),
         }
     }
 
@@ -474,6 +488,30 @@ impl<K, V> Shard<K, V> {
         current
     }
 
+    /// Ends every claim whose lease has lapsed by `now` (a holder that
+    /// crashed or forgot its reservation): frees its unit and hands it to
+    /// the graveyard, which wakes its waiters after unlocking. Returns how
+    /// many it ended.
+    pub(crate) fn end_lapsed_claims(
+        &mut self,
+        now: u64,
+        limit: Option<&Limit>,
+        grave: &mut Graveyard<K, V>,
+    ) -> usize {
+        let before = grave.lapsed.len();
+        for slot in self.flights.extract_if(|s| s.flight.lease_lapsed(now)) {
+            if slot.holds_unit
+                && let Some(limit) = limit
+            {
+                limit.end_claim(false);
+            }
+            grave.lapsed.push((slot.flight, slot.key));
+        }
+        let ended = grave.lapsed.len() - before;
+        self.stats.lease_expiries += ended as u64;
+        ended
+    }
+
     fn next_token(&mut self) -> u64 {
         let token = self.next_token;
         self.next_token += 1;
@@ -502,15 +540,15 @@ impl<K, V> Shard<K, V> {
 impl<K: Hash + Eq, V> Shard<K, V> {
     /// Looks `key` up for `get_or_compute`: a live value, a flight to join,
     /// or a new flight that the caller now leads. A claim whose lease has
-    /// lapsed is taken over: its flight comes back in `lapsed`, for the
-    /// caller to end (waking its waiters) after unlocking.
+    /// lapsed is taken over: it goes to the graveyard, which ends it (waking
+    /// its waiters) after the caller unlocks.
     pub(crate) fn lookup_or_lead(
         &mut self,
         hash: u64,
         key: K,
         now: u64,
         limit: Option<&Limit>,
-        lapsed: &mut Option<Arc<Flight<V>>>,
+        grave: &mut Graveyard<K, V>,
     ) -> (Lookup<V>, Option<K>)
     where
         V: Clone,
@@ -523,9 +561,11 @@ impl<K: Hash + Eq, V> Shard<K, V> {
                 return (Lookup::Join(Arc::clone(&slot.flight)), Some(key));
             }
             let flight = Arc::clone(&slot.flight);
-            self.abandon_flight(hash, &flight, limit);
+            let old_key = self
+                .abandon_flight(hash, &flight, limit)
+                .expect("found above");
             self.stats.lease_expiries += 1;
-            *lapsed = Some(flight);
+            grave.lapsed.push((flight, old_key));
         }
         let token = self.next_token();
         let flight = Arc::new(Flight::new(token, None, NO_LEASE));
@@ -535,9 +575,9 @@ impl<K: Hash + Eq, V> Shard<K, V> {
 
     /// Looks `key` up for a claim with `fingerprint`: the completed record,
     /// a mismatch, a claim or computation in progress, or a new claim with
-    /// a lease until `lease_deadline`. A lapsed claim is taken over (its
-    /// flight comes back in `lapsed`, to end after unlocking) and its unit
-    /// of the bound passes to the new claim.
+    /// a lease until `lease_deadline`. A lapsed claim is taken over (it goes
+    /// to the graveyard, which ends it after unlocking) and its unit of the
+    /// bound passes to the new claim.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn claim(
         &mut self,
@@ -548,7 +588,6 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         lease_deadline: u64,
         limit: Option<&Limit>,
         grave: &mut Graveyard<K, V>,
-        lapsed: &mut Option<Arc<Flight<V>>>,
     ) -> (ClaimLookup<K, V>, Option<K>)
     where
         K: Clone,
@@ -569,23 +608,29 @@ impl<K: Hash + Eq, V> Shard<K, V> {
             self.stats.replayed += 1;
             return (found, Some(key));
         }
-        let mut inherited_unit = false;
-        if let Some(slot) = self.flights.find(hash, |s| s.key == key) {
-            if !fingerprints_match(slot.flight.fingerprint, fingerprint) {
-                self.stats.mismatches += 1;
-                return (ClaimLookup::Mismatch, Some(key));
-            }
-            if !slot.flight.lease_lapsed(now) {
+        let lapsed = match self.flights.find(hash, |s| s.key == key) {
+            // A claim whose lease lapsed is no longer in progress: any
+            // request may take the key over, whatever its fingerprint.
+            Some(slot) if slot.flight.lease_lapsed(now) => Some(Arc::clone(&slot.flight)),
+            Some(slot) => {
+                if !fingerprints_match(slot.flight.fingerprint, fingerprint) {
+                    self.stats.mismatches += 1;
+                    return (ClaimLookup::Mismatch, Some(key));
+                }
                 self.stats.in_progress += 1;
                 return (ClaimLookup::InProgress(Arc::clone(&slot.flight)), Some(key));
             }
-            let slot = {
-                let flight = Arc::clone(&slot.flight);
-                self.take_slot(hash, &flight).expect("found above")
-            };
+            None => None,
+        };
+        // User code that may panic runs before anything changes, so a panic
+        // here leaks no unit and strands no flight.
+        let copy = key.clone();
+        let mut inherited_unit = false;
+        if let Some(lapsed) = lapsed {
+            let slot = self.take_slot(hash, &lapsed).expect("found above");
             inherited_unit = slot.holds_unit;
             self.stats.lease_expiries += 1;
-            *lapsed = Some(slot.flight);
+            grave.lapsed.push((slot.flight, slot.key));
         }
         if let Some(limit) = limit
             && !inherited_unit
@@ -599,7 +644,6 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         }
         let token = self.next_token();
         let flight = Arc::new(Flight::new(token, fingerprint, lease_deadline));
-        let copy = key.clone();
         self.insert_slot(hash, key, Arc::clone(&flight), limit.is_some());
         self.stats.acquired += 1;
         (ClaimLookup::Acquired(flight, copy), None)
@@ -637,11 +681,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         grave: &mut Graveyard<K, V>,
     ) -> WriteResult<K, V> {
         let (fingerprint, holds_unit) = match &key {
-            // A newer write wins over a computation of the key in progress.
-            WriteKey::Owned(key) => {
-                self.invalidate_flight(hash, key);
-                (None, false)
-            }
+            WriteKey::Owned(_) => (None, false),
             WriteKey::Flight(flight) => {
                 let Some(slot) = self.flights.find(hash, |s| Arc::ptr_eq(&s.flight, flight)) else {
                     return WriteResult::Fenced(value);
@@ -682,7 +722,11 @@ impl<K: Hash + Eq, V> Shard<K, V> {
             self.stats.inserts += 1;
             self.push_due(item, hasher);
             grave.key = match key {
-                WriteKey::Owned(key) => Some(key),
+                WriteKey::Owned(key) => {
+                    // A newer write wins over a computation of the key.
+                    self.invalidate_flight(hash, &key);
+                    Some(key)
+                }
                 // The claim's unit is not needed: the entry has one.
                 WriteKey::Flight(flight) => self.abandon_flight(hash, flight, limit),
             };
@@ -707,7 +751,12 @@ impl<K: Hash + Eq, V> Shard<K, V> {
             return WriteResult::NeedRoom(key, value);
         }
         let key = match key {
-            WriteKey::Owned(key) => key,
+            WriteKey::Owned(key) => {
+                // Only a write that is stored wins over a computation of
+                // the key: a refused one changes nothing.
+                self.invalidate_flight(hash, &key);
+                key
+            }
             WriteKey::Flight(flight) => {
                 let slot = self.take_slot(hash, flight).expect("checked above");
                 if let Some(limit) = limit

@@ -709,3 +709,145 @@ fn remove_or_insert_during_a_claim_wins_over_its_completion() {
     assert_eq!(cache.get("overwritten"), Some(k("newer")));
     assert_eq!(cache.len(), 1, "the invalidated claim gave its room back");
 }
+
+// Regressions from review -------------------------------------------------------
+
+#[test]
+fn a_refused_insert_does_not_cancel_a_running_claim() {
+    let cache: Cache<u32, u32> = Cache::builder().max_entries(1).shards(1).build().unwrap();
+    let Claim::Acquired(r) = cache.claim(1, None) else {
+        panic!()
+    };
+    cache.insert(1, 5); // the claim holds the only unit: refused
+    assert_eq!(cache.stats().refused, 1);
+    r.complete(7).unwrap();
+    assert_eq!(cache.get(&1), Some(7), "the claim's result is stored");
+    assert!(matches!(cache.claim(1, None), Claim::Completed(_)));
+}
+
+/// A key whose `clone` panics when asked to.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct PanickyKey(u32);
+
+impl Clone for PanickyKey {
+    fn clone(&self) -> Self {
+        assert!(self.0 != 1, "planted panic in K::clone");
+        PanickyKey(self.0)
+    }
+}
+
+#[test]
+fn a_panicking_key_clone_in_claim_leaks_no_room() {
+    let cache: Cache<PanickyKey, u32> = Cache::builder().max_entries(1).shards(1).build().unwrap();
+    let panicked = catch_unwind(AssertUnwindSafe(|| {
+        let _ = cache.claim(PanickyKey(1), None);
+    }));
+    assert!(panicked.is_err());
+    assert_eq!(cache.len(), 0);
+    assert!(
+        matches!(cache.claim(PanickyKey(2), None), Claim::Acquired(_)),
+        "the unit was not leaked"
+    );
+}
+
+/// A value whose `clone` panics once armed.
+#[derive(Debug)]
+struct PanickyValue(u32, std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Clone for PanickyValue {
+    fn clone(&self) -> Self {
+        assert!(!self.1.load(Ordering::SeqCst), "planted panic in V::clone");
+        PanickyValue(self.0, self.1.clone())
+    }
+}
+
+impl PartialEq for PanickyValue {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+
+#[test]
+fn a_panicking_value_clone_in_complete_releases_the_claim_and_wakes_waiters() {
+    let armed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let cache: Cache<u32, PanickyValue> = Cache::builder().max_entries(1).build().unwrap();
+    let Claim::Acquired(r) = cache.claim(1, None) else {
+        panic!()
+    };
+    let Claim::InProgress(pending) = cache.claim(1, None) else {
+        panic!()
+    };
+    armed.store(true, Ordering::SeqCst);
+    let value = PanickyValue(1, armed.clone());
+    assert!(catch_unwind(AssertUnwindSafe(move || r.complete(value))).is_err());
+    armed.store(false, Ordering::SeqCst);
+    assert_eq!(
+        pending.wait_timeout(SEC * 10),
+        Waited::Released,
+        "the waiter is not left hanging"
+    );
+    assert!(
+        matches!(cache.claim(1, None), Claim::Acquired(_)),
+        "the key and its room are free"
+    );
+}
+
+#[test]
+fn purge_ends_lapsed_claims_that_nobody_took_over() {
+    let (cache, clock) = cache_with(SEC, Some(1), CapacityPolicy::EvictSoonest);
+    let Claim::Acquired(forgotten) = cache.claim(k("a"), None) else {
+        panic!()
+    };
+    let Claim::InProgress(pending) = cache.claim(k("a"), None) else {
+        panic!()
+    };
+    clock.advance(SEC);
+    assert!(
+        matches!(cache.claim(k("b"), None), Claim::Full),
+        "the lapsed claim still holds the room"
+    );
+    cache.purge_expired();
+    assert_eq!(
+        pending.wait_timeout(SEC),
+        Waited::Released,
+        "its waiters are told"
+    );
+    assert!(matches!(cache.claim(k("b"), None), Claim::Acquired(_)));
+    assert!(
+        forgotten.complete(k("late")).is_err(),
+        "the ended claim is fenced"
+    );
+    assert_eq!(cache.stats().lease_expiries, 1);
+}
+
+#[tokio::test]
+async fn the_reaper_ends_lapsed_claims_so_async_waiters_take_over() {
+    let clock = ManualClock::new();
+    let cache: TestCache = Cache::builder()
+        .lease(SEC)
+        .clock(clock.clone())
+        .background_eviction(Duration::from_millis(5))
+        .hasher(ahash::RandomState::with_seeds(1, 2, 3, 4))
+        .build()
+        .unwrap();
+    let Claim::Acquired(_stuck) = cache.claim(k("a"), None) else {
+        panic!()
+    };
+    let waiter = {
+        let cache = cache.clone();
+        tokio::spawn(async move {
+            cache
+                .get_or_compute_async(k("a"), || async { Ok::<_, Infallible>(k("mine")) })
+                .await
+        })
+    };
+    while cache.stats().coalesced == 0 {
+        tokio::task::yield_now().await;
+    }
+    clock.advance(SEC); // the holder is stuck; only the reaper can notice
+    let got = tokio::time::timeout(SEC * 10, waiter)
+        .await
+        .expect("woken")
+        .unwrap();
+    assert_eq!(got, Ok(k("mine")));
+}

@@ -303,3 +303,47 @@ fn flights_are_shared_across_clones_and_key_borrowing_works() {
     assert_eq!(cache.get(&"shared".to_string()), Some(1));
     assert!(cache.contains_key("shared"));
 }
+
+/// A value whose `clone` panics exactly once, after `remaining` clones.
+#[derive(Debug)]
+struct PanickyValue(u32, std::sync::Arc<std::sync::atomic::AtomicIsize>);
+
+impl Clone for PanickyValue {
+    fn clone(&self) -> Self {
+        assert!(
+            self.1.fetch_sub(1, Ordering::SeqCst) != 0,
+            "planted panic in V::clone"
+        );
+        PanickyValue(self.0, self.1.clone())
+    }
+}
+
+#[test]
+fn a_panicking_value_clone_while_handing_over_leaves_no_waiter_hanging() {
+    let remaining = std::sync::Arc::new(std::sync::atomic::AtomicIsize::new(isize::MAX));
+    let cache: Cache<u32, PanickyValue> = Cache::builder().build().unwrap();
+    std::thread::scope(|s| {
+        let leader = s.spawn(|| {
+            catch_unwind(AssertUnwindSafe(|| {
+                cache.get_or_compute(1, || {
+                    wait_until("the waiter to join", || cache.stats().coalesced == 1);
+                    // One clone is stored; the clone for the waiters panics.
+                    remaining.store(1, Ordering::SeqCst);
+                    Ok::<_, Infallible>(PanickyValue(1, remaining.clone()))
+                })
+            }))
+        });
+        wait_until("the leader to start", || cache.stats().computations == 1);
+        let waiter = s.spawn(|| {
+            cache.get_or_compute(1, || {
+                Ok::<_, Infallible>(PanickyValue(2, std::sync::Arc::new(isize::MAX.into())))
+            })
+        });
+        assert!(
+            leader.join().unwrap().is_err(),
+            "the panic reaches the leader"
+        );
+        let got = waiter.join().unwrap().unwrap();
+        assert_eq!(got.0, 1, "the waiter was woken and read the stored value");
+    });
+}

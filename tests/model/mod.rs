@@ -292,7 +292,8 @@ impl Harness {
 
     /// The model's plain write (`insert`, a computation's result):
     /// overwrite in place, or take a unit (making room) for a new entry.
-    fn write(&mut self, key: u8, value: u64, ttl: u64) {
+    /// Returns whether it was stored (a full cache may refuse).
+    fn write(&mut self, key: u8, value: u64, ttl: u64) -> bool {
         self.seq += 1;
         let record = Record {
             value,
@@ -302,13 +303,21 @@ impl Harness {
         };
         if let Some(existing) = self.entries.get_mut(&key) {
             *existing = record;
-            return;
+            return true;
         }
         if !self.make_room(key) {
             self.counters.refused += 1;
-            return;
+            return false;
         }
         self.entries.insert(key, record);
+        true
+    }
+
+    /// An `insert`: when stored, it wins over a claim of the key.
+    fn insert(&mut self, key: u8, value: u64, ttl: u64) {
+        if self.write(key, value, ttl) {
+            self.invalidate_claim(key);
+        }
     }
 
     /// Holds `key` for a claim, if one is in progress and its lease has not
@@ -359,15 +368,13 @@ impl Harness {
         match *op {
             Op::Insert { key, value } => {
                 self.cache.insert(key, u64::from(value));
-                self.invalidate_claim(key);
-                self.write(key, u64::from(value), TTL_TICKS);
+                self.insert(key, u64::from(value), TTL_TICKS);
             }
             Op::InsertWithTtl { key, value, ttl } => {
                 let ttl = u64::from(ttl % 21);
                 self.cache
                     .insert_with_ttl(key, u64::from(value), ticks(ttl));
-                self.invalidate_claim(key);
-                self.write(key, u64::from(value), ttl);
+                self.insert(key, u64::from(value), ttl);
             }
             Op::Get { key } => {
                 assert_eq!(self.cache.get(&key), self.live_value(key), "get({key})");
@@ -398,6 +405,10 @@ impl Harness {
                 self.entries.retain(|_, r| now < r.deadline);
                 let expired = (before - self.entries.len()) as u64;
                 self.counters.expirations += expired;
+                // A purge also ends claims whose lease lapsed.
+                let claims = self.claims.len();
+                self.claims.retain(|_, c| now < c.lease_deadline);
+                self.counters.lease_expiries += (claims - self.claims.len()) as u64;
                 assert_eq!(
                     self.cache.purge_expired() as u64,
                     expired,
@@ -500,6 +511,7 @@ impl Harness {
                 "mismatch"
             }
         } else if let Some(claim) = self.claims.get(&key).copied()
+            && self.now < claim.lease_deadline
             && !matches(claim.fingerprint, fingerprint)
         {
             self.counters.mismatches += 1;
