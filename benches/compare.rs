@@ -11,7 +11,7 @@ mod common;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use common::{BenchKey, Peer, Runs, Store, indices, keys, timed, value};
+use common::{BenchKey, Peer, Runs, indices, keys, timed, value};
 
 const PRELOAD: usize = 1_000_000;
 
