@@ -279,7 +279,7 @@ where
         Q: Hash + Eq + ?Sized,
     {
         let hash = self.shared.hash(key);
-        let now = self.shared.time.now();
+        let now = self.shared.time.now_for_reads();
         let mut shard = self.shared.shard(hash).lock();
         let value = shard.get_live(hash, key, now).cloned();
         match value {
@@ -305,7 +305,7 @@ where
         Q: Hash + Eq + ?Sized,
     {
         let hash = self.shared.hash(key);
-        let now = self.shared.time.now();
+        let now = self.shared.time.now_for_reads();
         self.shared
             .shard(hash)
             .lock()
@@ -369,7 +369,7 @@ where
         Q: Hash + Eq + ?Sized,
     {
         let hash = self.shared.hash(key);
-        let now = self.shared.time.now();
+        let now = self.shared.time.now_for_reads();
         let removed = self.shared.shard(hash).lock().remove(hash, key)?;
         self.shared.release(1);
         // Dropped (key, and value if expired) after the lock is released.
@@ -890,7 +890,7 @@ where
     where
         V: Clone,
     {
-        let now = self.time.now();
+        let now = self.time.now_for_reads();
         // Declared before the guard: a lapsed claim taken over here is
         // ended (its waiters woken) after the lock is released.
         let mut grave = Graveyard::new();

@@ -150,7 +150,8 @@ impl Peer {
                 let cap = if bounded { capacity } else { capacity * 2 };
                 Box::new(quick_cache::sync::Cache::new(cap))
             }
-            Peer::DashMapTtl => Box::new(DashTtl::<K>(dashmap::DashMap::with_capacity(capacity))),
+            // No capacity hint: idemcache, moka and mini-moka get none either.
+            Peer::DashMapTtl => Box::new(DashTtl::<K>(dashmap::DashMap::new())),
         }
     }
 }
@@ -237,26 +238,31 @@ impl<K: BenchKey> Store<K> for DashTtl<K> {
 }
 
 /// Runs `work(thread)` on `threads` threads started together; returns the
-/// wall time from the start until the last one finished (the calling thread
-/// only waits, so it takes no core from the workers).
+/// time from the first worker's start to the last worker's end, as the
+/// workers themselves measure it (the calling thread only waits, taking no
+/// core from them).
 pub fn timed<F>(threads: usize, work: F) -> Duration
 where
     F: Fn(usize) + Sync,
 {
-    let start = Barrier::new(threads + 1);
-    let began = std::thread::scope(|s| {
-        for t in 0..threads {
-            let (start, work) = (&start, &work);
-            s.spawn(move || {
-                start.wait();
-                work(t);
-            });
-        }
-        start.wait();
-        Instant::now()
-        // The scope joins every worker before returning.
+    let start = Barrier::new(threads);
+    let spans: Vec<(Instant, Instant)> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                let (start, work) = (&start, &work);
+                s.spawn(move || {
+                    start.wait();
+                    let began = Instant::now();
+                    work(t);
+                    (began, Instant::now())
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
     });
-    began.elapsed()
+    let first = spans.iter().map(|s| s.0).min().unwrap();
+    let last = spans.iter().map(|s| s.1).max().unwrap();
+    last - first
 }
 
 /// Counts closure runs, for the single-flight workloads.
