@@ -126,8 +126,12 @@
 //! An entry written at `t` with time-to-live `d` is returned while
 //! `now < t + d` and never once `now >= t + d`, on every read path, whether
 //! or not it has been reclaimed. Time comes from the cache's
-//! [`Clock`](clock::Clock): the monotonic clock by default (exact), or a
-//! [`ManualClock`](clock::ManualClock) in tests (exact to the nanosecond).
+//! [`Clock`](clock::Clock): a [`ManualClock`](clock::ManualClock) in tests
+//! is exact to the nanosecond. The default monotonic clock sets deadlines
+//! exactly; on Linux, reads compare them against the coarse monotonic clock
+//! (`CLOCK_MONOTONIC_COARSE`, several times cheaper on the hit path), so an
+//! entry is never seen expired early and at most one timer tick late
+//! ([`clock::default_clock_granularity`], typically 1–4 ms).
 //!
 //! Expired entries are reclaimed without anyone calling cleanup: each write
 //! reclaims up to a few expired entries of its shard (bounded, amortised

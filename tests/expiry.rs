@@ -166,3 +166,24 @@ fn reads_never_reclaim_and_expired_entries_are_counted_as_expirations_when_recla
     assert_eq!(cache.len(), 1);
     assert_eq!(cache.stats().expirations, 1);
 }
+
+#[test]
+fn default_clock_never_expires_early_and_is_late_by_at_most_its_granularity() {
+    let granularity = idemcache::clock::default_clock_granularity();
+    assert!(granularity < Duration::from_millis(100), "a timer tick: {granularity:?}");
+    let cache: idemcache::Cache<u32, u32> = idemcache::Cache::new();
+    let ttl = Duration::from_millis(40);
+    let written = std::time::Instant::now();
+    cache.insert_with_ttl(1, 1, ttl);
+    // Reads right after the write see it live: the coarse read clock is
+    // never ahead of the clock that set the deadline.
+    for _ in 0..1_000 {
+        if written.elapsed() >= ttl {
+            break;
+        }
+        assert_eq!(cache.get(&1), Some(1), "expired early");
+    }
+    // Waiting for real time here is the point: this checks the real clock.
+    std::thread::sleep(ttl + granularity + Duration::from_millis(10));
+    assert_eq!(cache.get(&1), None, "expired at most one tick late");
+}

@@ -53,14 +53,16 @@ impl BenchKey for String {
     fn make(n: u64) -> Self {
         let mut rng = Rng::new(n ^ 0xA5A5_A5A5);
         let (a, b) = (rng.next(), rng.next());
-        format!(
+        let mut key = format!(
             "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
             a >> 32,
             (a >> 16) & 0xffff,
             a & 0xfff,
             0x8000 | (b >> 48) & 0x3fff,
             b & 0xffff_ffff_ffff
-        )
+        );
+        key.shrink_to_fit(); // exactly 36 bytes on the heap
+        key
     }
 }
 
