@@ -100,7 +100,7 @@ type ShardLock<K, V> = Padded<Mutex<Shard<K, V>>>;
 /// The state all handles of one cache share.
 pub(crate) struct Shared<K, V, S> {
     shards: Box<[ShardLock<K, V>]>,
-    hasher: S,
+    pub(crate) hasher: S,
     time: TimeSource,
     /// Default time-to-live in nanoseconds.
     pub(crate) ttl: u64,
@@ -250,8 +250,8 @@ impl<K, V, S> Cache<K, V, S> {
     /// ```
     pub fn clear(&self) {
         for shard in self.shared.shards.iter() {
-            let removed = shard.lock().clear();
-            self.shared.release(removed.len());
+            let (count, removed) = shard.lock().clear();
+            self.shared.release(count);
             drop(removed); // after unlocking: user `Drop` runs unlocked
         }
     }
@@ -839,6 +839,7 @@ where
             let freed = self.shards[(written + offset) % count].lock().give_up_one(
                 now,
                 limit.evicts_live,
+                &self.hasher,
                 &mut grave,
             );
             if freed {
@@ -869,7 +870,10 @@ where
             loop {
                 let mut grave = Graveyard::new();
                 let now = self.time.now();
-                let reclaimed = shard.lock().reclaim_due(now, PURGE_BATCH, &mut grave);
+                let reclaimed =
+                    shard
+                        .lock()
+                        .reclaim_due(now, PURGE_BATCH, &self.hasher, &mut grave);
                 self.release(reclaimed.entries);
                 total += reclaimed.entries;
                 drop(grave);

@@ -211,6 +211,7 @@
 mod builder;
 mod cache;
 pub mod clock;
+mod entries;
 mod error;
 mod fingerprint;
 mod flight;

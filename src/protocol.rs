@@ -450,6 +450,7 @@ where
                 now,
                 lease_deadline,
                 shared.limit.as_ref(),
+                &shared.hasher,
                 &mut grave,
             );
             // After unlocking: drops what the claim displaced and ends a

@@ -1,5 +1,5 @@
-//! One shard: a hash table of entries, a deadline queue, and the table of
-//! flights (in-progress computations) for its keys.
+//! One shard: its entries (see `entries.rs`), a deadline queue, and the
+//! table of flights (computations and claims in progress) for its keys.
 //!
 //! A shard is always used under its mutex (see `cache.rs`); nothing here
 //! locks, runs user closures, or drops entries it removes: removed entries
@@ -8,16 +8,15 @@
 //!
 //! # The deadline queue
 //!
-//! Every write pushes `(deadline, seq, hash)` onto a min-heap; `seq` is a
+//! Every write pushes `(deadline, seq, slot)` onto a min-heap; `seq` is a
 //! per-shard write counter that identifies the entry version the item was
-//! pushed for. Removing or overwriting an entry leaves its item behind
+//! pushed for, and `slot` where that entry lives. Removing or overwriting an entry leaves its item behind
 //! ("stale"): when a stale item reaches the top it no longer matches any
 //! entry's `seq` and is discarded. So finding expired entries only ever looks
 //! at items whose deadline has passed, never at live entries, and each item
 //! is popped at most once (amortised O(1) per write on top of the heap's
 //! O(log n) push). When stale items outnumber entries the heap is rebuilt
-//! from the table, which bounds its size to about twice the number of
-//! entries.
+//! from the entries, which bounds its size to about twice their number.
 
 use std::borrow::Borrow;
 use std::cmp::Reverse;
@@ -26,6 +25,7 @@ use std::hash::{BuildHasher, Hash};
 
 use hashbrown::HashTable;
 
+use crate::entries::{Entries, Entry, Slot};
 use crate::flight::{Flight, NO_LEASE, Outcome};
 use crate::sync::Arc;
 use crate::sync::atomic::{AtomicUsize, Ordering};
@@ -39,26 +39,14 @@ pub(crate) const WRITE_RECLAIM_BUDGET: usize = 4;
 /// queue is rebuilt.
 const QUEUE_SLACK: usize = 32;
 
-/// A stored value and when it stops being returned.
-pub(crate) struct Entry<K, V> {
-    pub(crate) key: K,
-    pub(crate) value: V,
-    /// Nanoseconds since the cache's epoch at which the entry expires: it is
-    /// live while `now < deadline`.
-    pub(crate) deadline: u64,
-    /// Which write produced this version of the entry (see the queue docs).
-    seq: u64,
-    /// The request fingerprint of the claim that stored it, if any.
-    pub(crate) fingerprint: Option<Fingerprint>,
-}
-
-/// A queue item; ordered by deadline, then by write order, so that among
-/// entries with one deadline the oldest write is evicted first.
+/// A queue item (16 bytes); ordered by deadline, then by write order, so
+/// that among entries with one deadline the oldest write is evicted first
+/// (until the write counter wraps, after 2³² writes to a shard).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Due {
     deadline: u64,
-    seq: u64,
-    hash: u64,
+    seq: u32,
+    slot: Slot,
 }
 
 /// A key whose value is being computed (`get_or_compute`) or produced by
@@ -270,10 +258,10 @@ pub(crate) enum Lookup<V> {
 }
 
 pub(crate) struct Shard<K, V> {
-    entries: HashTable<Entry<K, V>>,
+    entries: Entries<K, V>,
     queue: BinaryHeap<Reverse<Due>>,
     flights: HashTable<FlightSlot<K, V>>,
-    next_seq: u64,
+    next_seq: u32,
     /// Fencing tokens handed to flights; increases for every flight.
     next_token: u64,
     /// Counters kept per shard, under the shard lock, so that counting
@@ -284,7 +272,7 @@ pub(crate) struct Shard<K, V> {
 impl<K, V> Shard<K, V> {
     pub(crate) fn new() -> Self {
         Self {
-            entries: HashTable::new(),
+            entries: Entries::new(),
             queue: BinaryHeap::new(),
             flights: HashTable::new(),
             next_seq: 0,
@@ -304,7 +292,9 @@ impl<K, V> Shard<K, V> {
         K: Borrow<Q>,
         Q: Eq + ?Sized,
     {
-        self.entries.find(hash, |e| e.key.borrow() == key)
+        self.entries
+            .find(hash, key)
+            .map(|slot| self.entries.get(slot))
     }
 
     /// Whether an entry for `key` is stored, live or expired.
@@ -335,6 +325,17 @@ impl<K, V> Shard<K, V> {
         self.find(hash, key).filter(|e| now < e.deadline)
     }
 
+    /// The slot of `key` if its entry is live at `now`.
+    fn find_live<Q>(&self, hash: u64, key: &Q, now: u64) -> Option<Slot>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        self.entries
+            .find(hash, key)
+            .filter(|&slot| now < self.entries.get(slot).deadline)
+    }
+
     /// Removes `key`'s entry, live or expired, and invalidates a running
     /// computation of it.
     pub(crate) fn remove<Q>(&mut self, hash: u64, key: &Q) -> Option<Entry<K, V>>
@@ -343,10 +344,8 @@ impl<K, V> Shard<K, V> {
         Q: Eq + ?Sized,
     {
         self.invalidate_flight(hash, key);
-        self.entries
-            .find_entry(hash, |e| e.key.borrow() == key)
-            .ok()
-            .map(|occupied| occupied.remove().0)
+        let slot = self.entries.find(hash, key)?;
+        Some(self.entries.remove(slot, hash))
     }
 
     /// Marks a running computation of `key` so its result is not stored.
@@ -363,30 +362,36 @@ impl<K, V> Shard<K, V> {
         }
     }
 
-    /// Empties the shard: returns its entries (to drop after unlocking) and
-    /// invalidates every running computation.
-    pub(crate) fn clear(&mut self) -> HashTable<Entry<K, V>> {
+    /// Empties the shard: returns how many entries it held and the entries
+    /// themselves (to drop after unlocking), and invalidates every running
+    /// computation.
+    pub(crate) fn clear(&mut self) -> (usize, Vec<Option<Entry<K, V>>>) {
         for slot in self.flights.iter_mut() {
             slot.invalidated = true;
         }
         self.queue.clear();
-        std::mem::take(&mut self.entries)
+        let count = self.entries.len();
+        (count, self.entries.take_all())
     }
 
     /// Pops due queue items (deadline `<= now`) and reclaims the expired
     /// entries they point to, looking at no more than `budget` items.
-    pub(crate) fn reclaim_due(
+    pub(crate) fn reclaim_due<S: BuildHasher>(
         &mut self,
         now: u64,
         budget: usize,
+        hasher: &S,
         grave: &mut Graveyard<K, V>,
-    ) -> Reclaimed {
+    ) -> Reclaimed
+    where
+        K: Hash,
+    {
         let mut reclaimed = Reclaimed {
             entries: 0,
             more_due: true,
         };
         for _ in 0..budget {
-            match self.pop_due(now) {
+            match self.pop_due(now, hasher) {
                 Some(Some(entry)) => {
                     grave.bury(entry);
                     reclaimed.entries += 1;
@@ -404,8 +409,16 @@ impl<K, V> Shard<K, V> {
 
     /// Reclaims one expired entry, skipping any number of stale items (each
     /// is popped only once, so this stays amortised O(1)).
-    fn reclaim_one(&mut self, now: u64, grave: &mut Graveyard<K, V>) -> bool {
-        while let Some(popped) = self.pop_due(now) {
+    fn reclaim_one<S: BuildHasher>(
+        &mut self,
+        now: u64,
+        hasher: &S,
+        grave: &mut Graveyard<K, V>,
+    ) -> bool
+    where
+        K: Hash,
+    {
+        while let Some(popped) = self.pop_due(now, hasher) {
             if let Some(entry) = popped {
                 grave.bury(entry);
                 self.stats.expirations += 1;
@@ -417,20 +430,26 @@ impl<K, V> Shard<K, V> {
 
     /// `None` when no item is due; `Some(None)` for a stale item;
     /// `Some(Some(entry))` for a reclaimed expired entry.
-    fn pop_due(&mut self, now: u64) -> Option<Option<Entry<K, V>>> {
+    fn pop_due<S: BuildHasher>(&mut self, now: u64, hasher: &S) -> Option<Option<Entry<K, V>>>
+    where
+        K: Hash,
+    {
         let Reverse(top) = *self.queue.peek()?;
         if top.deadline > now {
             return None;
         }
         self.queue.pop();
-        Some(self.take_version(top))
+        Some(self.take_version(top, hasher))
     }
 
     /// Evicts the entry with the soonest deadline (the oldest write among
     /// equal deadlines).
-    fn evict_soonest(&mut self, grave: &mut Graveyard<K, V>) -> bool {
+    fn evict_soonest<S: BuildHasher>(&mut self, hasher: &S, grave: &mut Graveyard<K, V>) -> bool
+    where
+        K: Hash,
+    {
         while let Some(Reverse(top)) = self.queue.pop() {
-            if let Some(entry) = self.take_version(top) {
+            if let Some(entry) = self.take_version(top, hasher) {
                 grave.bury(entry);
                 self.stats.evictions += 1;
                 return true;
@@ -441,11 +460,13 @@ impl<K, V> Shard<K, V> {
     }
 
     /// Removes the entry version `item` was pushed for, if it still exists.
-    fn take_version(&mut self, item: Due) -> Option<Entry<K, V>> {
+    fn take_version<S: BuildHasher>(&mut self, item: Due, hasher: &S) -> Option<Entry<K, V>>
+    where
+        K: Hash,
+    {
         self.entries
-            .find_entry(item.hash, |e| e.seq == item.seq)
-            .ok()
-            .map(|occupied| occupied.remove().0)
+            .version(item.slot, item.seq)
+            .then(|| self.entries.remove_slot(item.slot, hasher))
     }
 
     /// Ends a flight without storing anything (the leader failed, or the
@@ -521,18 +542,22 @@ impl<K, V> Shard<K, V> {
     /// Frees a unit of the bound in this shard for a write whose own shard
     /// had nothing to give: an expired entry, else (if the policy allows)
     /// the live entry with the soonest deadline.
-    pub(crate) fn give_up_one(
+    pub(crate) fn give_up_one<S: BuildHasher>(
         &mut self,
         now: u64,
         evict_live: bool,
+        hasher: &S,
         grave: &mut Graveyard<K, V>,
-    ) -> bool {
-        self.reclaim_one(now, grave) || (evict_live && self.evict_soonest(grave))
+    ) -> bool
+    where
+        K: Hash,
+    {
+        self.reclaim_one(now, hasher, grave) || (evict_live && self.evict_soonest(hasher, grave))
     }
 
-    fn next_seq(&mut self) -> u64 {
+    fn next_seq(&mut self) -> u32 {
         let seq = self.next_seq;
-        self.next_seq += 1;
+        self.next_seq = self.next_seq.wrapping_add(1);
         seq
     }
 }
@@ -579,7 +604,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
     /// to the graveyard, which ends it after unlocking) and its unit of the
     /// bound passes to the new claim.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn claim(
+    pub(crate) fn claim<S: BuildHasher>(
         &mut self,
         hash: u64,
         key: K,
@@ -587,6 +612,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         now: u64,
         lease_deadline: u64,
         limit: Option<&Limit>,
+        hasher: &S,
         grave: &mut Graveyard<K, V>,
     ) -> (ClaimLookup<K, V>, Option<K>)
     where
@@ -595,15 +621,17 @@ impl<K: Hash + Eq, V> Shard<K, V> {
     {
         // The fingerprint is checked before anything else, so a reused key
         // is reported even while the original request runs.
-        if let Some(entry) = self.get_live_entry(hash, &key, now) {
-            if !fingerprints_match(entry.fingerprint, fingerprint) {
+        if let Some(slot) = self.find_live(hash, &key, now) {
+            let stored = self.entries.fingerprint(slot);
+            if !fingerprints_match(stored, fingerprint) {
                 self.stats.mismatches += 1;
                 return (ClaimLookup::Mismatch, Some(key));
             }
+            let entry = self.entries.get(slot);
             let found = ClaimLookup::Completed {
                 value: entry.value.clone(),
                 expires_at: entry.deadline,
-                fingerprint: entry.fingerprint,
+                fingerprint: stored,
             };
             self.stats.replayed += 1;
             return (found, Some(key));
@@ -635,9 +663,9 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         if let Some(limit) = limit
             && !inherited_unit
         {
-            let reclaimed = self.reclaim_due(now, WRITE_RECLAIM_BUDGET, grave);
+            let reclaimed = self.reclaim_due(now, WRITE_RECLAIM_BUDGET, hasher, grave);
             limit.release(reclaimed.entries);
-            if !limit.try_acquire() && !self.give_up_one(now, limit.evicts_live, grave) {
+            if !limit.try_acquire() && !self.give_up_one(now, limit.evicts_live, hasher, grave) {
                 return (ClaimLookup::NeedRoom, Some(key));
             }
             limit.start_claim();
@@ -698,29 +726,29 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         };
 
         let seq = self.next_seq();
-        let item = Due {
-            deadline,
-            seq,
-            hash,
-        };
         // Overwrite in place (even an expired entry): no new entry.
         let existing = match &key {
-            WriteKey::Owned(key) => self.entries.find_mut(hash, |e| e.key == *key),
+            WriteKey::Owned(key) => self.entries.find(hash, key),
             WriteKey::Flight(flight) => {
                 let slot = self
                     .flights
                     .find(hash, |s| Arc::ptr_eq(&s.flight, flight))
                     .expect("checked above, under the same lock");
-                self.entries.find_mut(hash, |e| e.key == slot.key)
+                self.entries.find(hash, &slot.key)
             }
         };
-        if let Some(entry) = existing {
+        if let Some(slot) = existing {
+            let entry = self.entries.get_mut(slot);
             grave.value = Some(std::mem::replace(&mut entry.value, value));
             entry.deadline = deadline;
             entry.seq = seq;
-            entry.fingerprint = fingerprint;
+            self.entries.set_fingerprint(slot, fingerprint);
             self.stats.inserts += 1;
-            self.push_due(item, hasher);
+            self.push_due(Due {
+                deadline,
+                seq,
+                slot,
+            });
             grave.key = match key {
                 WriteKey::Owned(key) => {
                     // A newer write wins over a computation of the key.
@@ -730,19 +758,19 @@ impl<K: Hash + Eq, V> Shard<K, V> {
                 // The claim's unit is not needed: the entry has one.
                 WriteKey::Flight(flight) => self.abandon_flight(hash, flight, limit),
             };
-            self.reclaim_for_write(now, limit, grave);
+            self.reclaim_for_write(now, limit, hasher, grave);
             return WriteResult::Stored;
         }
         // Reclaimed only now, so that a key's own expired entry is always
         // overwritten in place above rather than reclaimed and re-added.
-        self.reclaim_for_write(now, limit, grave);
+        self.reclaim_for_write(now, limit, hasher, grave);
 
         // A new entry: a completing claim brings its unit; anything else
         // takes one from the bound or makes room here.
         if let Some(limit) = limit
             && !holds_unit
             && !limit.try_acquire()
-            && !self.give_up_one(now, limit.evicts_live, grave)
+            && !self.give_up_one(now, limit.evicts_live, hasher, grave)
         {
             let key = match key {
                 WriteKey::Owned(key) => Some(key),
@@ -767,45 +795,55 @@ impl<K: Hash + Eq, V> Shard<K, V> {
                 slot.key
             }
         };
-        self.entries.insert_unique(
+        let slot = self.entries.insert(
             hash,
             Entry {
                 key,
                 value,
                 deadline,
                 seq,
-                fingerprint,
             },
-            |e| hasher.hash_one(&e.key),
+            fingerprint,
+            hasher,
         );
         self.stats.inserts += 1;
-        self.push_due(item, hasher);
+        self.push_due(Due {
+            deadline,
+            seq,
+            slot,
+        });
         WriteResult::Stored
     }
 
-    fn reclaim_for_write(&mut self, now: u64, limit: Option<&Limit>, grave: &mut Graveyard<K, V>) {
-        let reclaimed = self.reclaim_due(now, WRITE_RECLAIM_BUDGET, grave);
+    fn reclaim_for_write<S: BuildHasher>(
+        &mut self,
+        now: u64,
+        limit: Option<&Limit>,
+        hasher: &S,
+        grave: &mut Graveyard<K, V>,
+    ) {
+        let reclaimed = self.reclaim_due(now, WRITE_RECLAIM_BUDGET, hasher, grave);
         if let Some(limit) = limit {
             limit.release(reclaimed.entries);
         }
     }
 
-    fn push_due<S: BuildHasher>(&mut self, item: Due, hasher: &S) {
+    fn push_due(&mut self, item: Due) {
         self.queue.push(Reverse(item));
         if self.queue.len() > 2 * self.entries.len() + QUEUE_SLACK {
-            self.rebuild_queue(hasher);
+            self.rebuild_queue();
         }
     }
 
     /// Drops stale items: one item per entry afterwards.
-    fn rebuild_queue<S: BuildHasher>(&mut self, hasher: &S) {
+    fn rebuild_queue(&mut self) {
         let mut items = std::mem::take(&mut self.queue).into_vec();
         items.clear();
-        items.extend(self.entries.iter().map(|e| {
+        items.extend(self.entries.iter().map(|(slot, e)| {
             Reverse(Due {
                 deadline: e.deadline,
                 seq: e.seq,
-                hash: hasher.hash_one(&e.key),
+                slot,
             })
         }));
         items.shrink_to(2 * items.len() + QUEUE_SLACK);
@@ -864,7 +902,7 @@ mod tests {
         put(&mut shard, 2, 20, 0);
         put(&mut shard, 1, 30, 0); // key 1's item at 10 is now stale
         let mut grave = Graveyard::new();
-        assert!(shard.give_up_one(0, true, &mut grave));
+        assert!(shard.give_up_one(0, true, &hasher(), &mut grave));
         assert_eq!(grave.inline[0].as_ref().map(|e| e.key), Some(2));
         assert_eq!(shard.stats.evictions, 1);
     }
@@ -876,9 +914,9 @@ mod tests {
             put(&mut shard, key, 5, 0);
         }
         let mut grave = Graveyard::new();
-        let first = shard.reclaim_due(5, 4, &mut grave);
+        let first = shard.reclaim_due(5, 4, &hasher(), &mut grave);
         assert_eq!((first.entries, first.more_due), (4, true));
-        let rest = shard.reclaim_due(5, 100, &mut grave);
+        let rest = shard.reclaim_due(5, 100, &hasher(), &mut grave);
         assert_eq!((rest.entries, rest.more_due), (6, false));
         assert_eq!(grave.spill.len(), 6, "entries past the inline slots spill");
         assert_eq!(shard.len(), 0);

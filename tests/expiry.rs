@@ -170,7 +170,10 @@ fn reads_never_reclaim_and_expired_entries_are_counted_as_expirations_when_recla
 #[test]
 fn default_clock_never_expires_early_and_is_late_by_at_most_its_granularity() {
     let granularity = idemcache::clock::default_clock_granularity();
-    assert!(granularity < Duration::from_millis(100), "a timer tick: {granularity:?}");
+    assert!(
+        granularity < Duration::from_millis(100),
+        "a timer tick: {granularity:?}"
+    );
     let cache: idemcache::Cache<u32, u32> = idemcache::Cache::new();
     let ttl = Duration::from_millis(40);
     let written = std::time::Instant::now();
