@@ -11,7 +11,7 @@ use crate::builder::{CacheBuilder, CapacityPolicy};
 use crate::clock::{TimeSource, duration_to_nanos};
 use crate::flight::{self, Ended, Flight, NO_LEASE, Outcome};
 use crate::reaper::{Reap, Reaper};
-use crate::shard::{Graveyard, Limit, Lookup, Shard, WriteKey, WriteResult};
+use crate::shard::{Graveyard, Lapsed, Limit, Lookup, Shard, WriteKey, WriteResult};
 use crate::stats::Stats;
 use crate::sync::{Arc, Mutex, thread};
 
@@ -897,9 +897,9 @@ where
         let now = self.time.now_for_reads();
         // Declared before the guard: a lapsed claim taken over here is
         // ended (its waiters woken) after the lock is released.
-        let mut grave = Graveyard::new();
+        let mut lapsed = Lapsed::none();
         let mut shard = self.shard(hash).lock();
-        let (lookup, key) = shard.lookup_or_lead(hash, key, now, self.limit.as_ref(), &mut grave);
+        let (lookup, key) = shard.lookup_or_lead(hash, key, now, self.limit.as_ref(), &mut lapsed);
         let first = !std::mem::replace(&mut caller.looked_up, true);
         let stats = &mut shard.stats;
         match lookup {

@@ -198,13 +198,25 @@
 //! ## Design
 //!
 //! Keys are hashed once (ahash) to pick a shard (from bits below hashbrown's
-//! tag bits) and a slot in the shard's hashbrown table. Each shard is a
-//! parking_lot mutex over its table, a binary heap of `(deadline, write
-//! sequence, hash)` items with lazy deletion, a small table of in-progress
-//! computations ("flights"), and its own counters. A flight carries its own
-//! mutex and condition variable plus a list of wakers, so waiters never hold
-//! the shard lock while they wait. Every synchronisation primitive comes
-//! through one internal module so the model checker can replace them.
+//! tag bits) and a slot in the shard's index. Each shard is a
+//! cache-line-aligned parking_lot mutex over:
+//!
+//! - its entries: a dense slab of `(key, value, deadline, write sequence)`
+//!   behind a `hashbrown::HashTable` of 4-byte slot numbers, so the index's
+//!   load-factor slack costs 4 bytes a slot rather than a whole entry;
+//! - a binary heap of 16-byte `(deadline, write sequence, slot)` items with
+//!   lazy deletion: stale items are skipped when popped, and the heap is
+//!   rebuilt when they outnumber entries;
+//! - a small table of flights (computations and claims in progress);
+//! - its own counters (no shared atomic on the read path).
+//!
+//! Deadlines are `u64` nanoseconds since the cache was built. A flight
+//! carries its own mutex, condition variable and waker list, so waiters
+//! never hold the shard lock while they wait, and a drop guard ends every
+//! flight, so `Ok`, `Err`, panic and cancellation all take the same wake-up
+//! path. The bound is one shared counter touched only by writes that add or
+//! remove entries. Every synchronisation primitive comes through one
+//! internal module so the model checker (loom) can replace them.
 #![deny(missing_docs, unsafe_code)]
 #![warn(rust_2018_idioms, unreachable_pub)]
 

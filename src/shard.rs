@@ -185,6 +185,26 @@ impl<K, V> Graveyard<K, V> {
     }
 }
 
+/// A claim taken over by `get_or_compute` because its lease lapsed: ended
+/// (its waiters woken) and its key dropped when this is dropped, after the
+/// shard lock is released. A single `Option`, so the hit path that never
+/// fills it costs nothing.
+pub(crate) struct Lapsed<K, V>(Option<(Arc<Flight<V>>, K)>);
+
+impl<K, V> Lapsed<K, V> {
+    pub(crate) fn none() -> Self {
+        Lapsed(None)
+    }
+}
+
+impl<K, V> Drop for Lapsed<K, V> {
+    fn drop(&mut self) {
+        if let Some((flight, _key)) = self.0.take() {
+            flight.finish(Outcome::Abandoned);
+        }
+    }
+}
+
 /// What one bounded reclamation step did.
 pub(crate) struct Reclaimed {
     /// Expired entries removed.
@@ -565,15 +585,15 @@ impl<K, V> Shard<K, V> {
 impl<K: Hash + Eq, V> Shard<K, V> {
     /// Looks `key` up for `get_or_compute`: a live value, a flight to join,
     /// or a new flight that the caller now leads. A claim whose lease has
-    /// lapsed is taken over: it goes to the graveyard, which ends it (waking
-    /// its waiters) after the caller unlocks.
+    /// lapsed is taken over: it goes to `lapsed`, which ends it (waking its
+    /// waiters) when dropped after the caller unlocks.
     pub(crate) fn lookup_or_lead(
         &mut self,
         hash: u64,
         key: K,
         now: u64,
         limit: Option<&Limit>,
-        grave: &mut Graveyard<K, V>,
+        lapsed: &mut Lapsed<K, V>,
     ) -> (Lookup<V>, Option<K>)
     where
         V: Clone,
@@ -590,7 +610,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
                 .abandon_flight(hash, &flight, limit)
                 .expect("found above");
             self.stats.lease_expiries += 1;
-            grave.lapsed.push((flight, old_key));
+            lapsed.0 = Some((flight, old_key));
         }
         let token = self.next_token();
         let flight = Arc::new(Flight::new(token, None, NO_LEASE));
