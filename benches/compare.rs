@@ -153,6 +153,32 @@ fn preloaded_workloads<K: BenchKey>(
             peer,
             Some(hit),
         );
+        // The same owned keys through `get`, dropped after: what the
+        // get_or_compute hit above should cost.
+        let owned_get = throughput(cfg, threads, || {
+            let owned: Vec<std::sync::Mutex<Vec<K>>> = (0..threads)
+                .map(|t| {
+                    std::sync::Mutex::new(
+                        uniform[t * cfg.ops..(t + 1) * cfg.ops]
+                            .iter()
+                            .map(|&i| present[i as usize].clone())
+                            .collect(),
+                    )
+                })
+                .collect();
+            timed(threads, |t| {
+                for key in std::mem::take(&mut *owned[t].lock().unwrap()) {
+                    black_box(store.get(&key));
+                }
+            })
+        });
+        record(
+            rows,
+            &format!("get hit, caller-owned key{label}"),
+            threads,
+            peer,
+            Some(owned_get),
+        );
     }
     if !full_set {
         return;
