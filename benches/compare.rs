@@ -11,7 +11,7 @@ mod common;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use common::{BenchKey, Peer, Runs, indices, keys, timed, value};
+use common::{BenchKey, Peer, Runs, Store, indices, keys, timed, value};
 
 const PRELOAD: usize = 1_000_000;
 
@@ -217,6 +217,16 @@ fn preloaded_workloads<K: BenchKey>(
     }
 }
 
+/// Times each thread inserting its own list of fresh keys.
+fn insert_all<K: BenchKey>(store: &dyn Store<K>, fresh: Vec<std::sync::Mutex<Vec<K>>>) -> Duration {
+    timed(fresh.len(), |t| {
+        let keys = std::mem::take(&mut *fresh[t].lock().unwrap());
+        for (j, key) in keys.into_iter().enumerate() {
+            store.insert(key, value(j as u64));
+        }
+    })
+}
+
 /// Inserts of fresh keys into an empty store, and into a full bounded one.
 fn insert_workloads<K: BenchKey>(cfg: &Config, rows: &mut Vec<Row>, peer: Peer, label: &str) {
     let fresh_keys = |threads: usize| -> Vec<std::sync::Mutex<Vec<K>>> {
@@ -230,15 +240,7 @@ fn insert_workloads<K: BenchKey>(cfg: &Config, rows: &mut Vec<Row>, peer: Peer, 
     for threads in [1, 2] {
         let empty = throughput(cfg, threads, || {
             let store = peer.build::<K>(cfg.ops * threads, false);
-            let fresh = fresh_keys(threads);
-            let took = timed(threads, |t| {
-                for (j, key) in std::mem::take(&mut *fresh[t].lock().unwrap())
-                    .into_iter()
-                    .enumerate()
-                {
-                    store.insert(key, value(j as u64));
-                }
-            });
+            let took = insert_all(&*store, fresh_keys(threads));
             drop(store);
             took
         });
@@ -257,15 +259,7 @@ fn insert_workloads<K: BenchKey>(cfg: &Config, rows: &mut Vec<Row>, peer: Peer, 
                 for j in 0..FULL_CAPACITY as u64 {
                     store.insert(K::make(base + j), value(j));
                 }
-                let fresh = fresh_keys(threads);
-                let took = timed(threads, |t| {
-                    for (j, key) in std::mem::take(&mut *fresh[t].lock().unwrap())
-                        .into_iter()
-                        .enumerate()
-                    {
-                        store.insert(key, value(j as u64));
-                    }
-                });
+                let took = insert_all(&*store, fresh_keys(threads));
                 drop(store);
                 took
             })
