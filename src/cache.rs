@@ -878,6 +878,9 @@ where
                 total += reclaimed.entries;
                 drop(grave);
                 if !reclaimed.more_due {
+                    // Give a slab that the purge left mostly empty back to
+                    // the allocator.
+                    shard.lock().compact(&self.hasher);
                     break;
                 }
                 if stop() {

@@ -56,6 +56,11 @@ impl<K, V> Entries<K, V> {
         self.index.len()
     }
 
+    /// Slots in the slab, occupied or free.
+    pub(crate) fn slots(&self) -> usize {
+        self.slab.len()
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.index.is_empty()
     }
@@ -125,21 +130,25 @@ impl<K, V> Entries<K, V> {
 
     /// Removes the entry in `slot`, whose key hashes to `hash`.
     pub(crate) fn remove(&mut self, slot: Slot, hash: u64) -> Entry<K, V> {
-        if let Ok(found) = self.index.find_entry(hash, |&s| s == slot) {
-            found.remove();
-        }
+        let indexed = self
+            .index
+            .find_entry(hash, |&s| s == slot)
+            .map(|found| found.remove());
+        debug_assert!(indexed.is_ok(), "every stored entry is indexed");
+        let entry = self.slab[slot as usize]
+            .take()
+            .expect("removed slots are occupied");
         self.set_fingerprint(slot, None);
         self.free.push(slot);
-        self.slab[slot as usize]
-            .take()
-            .expect("removed slots are occupied")
+        entry
     }
 
-    /// Removes every entry, returning the slab to drop after unlocking.
+    /// Removes every entry, returning the slab to drop after unlocking;
+    /// the index, free list and fingerprints give their memory back too.
     pub(crate) fn take_all(&mut self) -> Vec<Option<Entry<K, V>>> {
-        self.index.clear();
-        self.free.clear();
-        self.fingerprints.clear();
+        self.index = HashTable::new();
+        self.free = Vec::new();
+        self.fingerprints = Vec::new();
         std::mem::take(&mut self.slab)
     }
 }
@@ -153,6 +162,17 @@ impl<K: Hash, V> Entries<K, V> {
         fingerprint: Option<Fingerprint>,
         hasher: &S,
     ) -> Slot {
+        // Growing the index hashes keys (user code, which may panic): do it
+        // before the slab changes, so a panic leaves everything consistent.
+        let slab = &self.slab;
+        self.index.reserve(1, |&s| {
+            hasher.hash_one(
+                &slab[s as usize]
+                    .as_ref()
+                    .expect("indexed slots are occupied")
+                    .key,
+            )
+        });
         let slot = match self.free.pop() {
             Some(slot) => {
                 self.slab[slot as usize] = Some(entry);
@@ -163,6 +183,7 @@ impl<K: Hash, V> Entries<K, V> {
                 Slot::try_from(self.slab.len() - 1).expect("fewer than 2^32 entries per shard")
             }
         };
+
         let slab = &self.slab;
         self.index.insert_unique(hash, slot, |&s| {
             hasher.hash_one(
@@ -176,9 +197,34 @@ impl<K: Hash, V> Entries<K, V> {
         slot
     }
 
-    /// Removes the entry in `slot`, hashing its key to find it in the index.
-    pub(crate) fn remove_slot<S: BuildHasher>(&mut self, slot: Slot, hasher: &S) -> Entry<K, V> {
-        let hash = hasher.hash_one(&self.get(slot).key);
-        self.remove(slot, hash)
+    /// Packs the entries into a new, dense slab when at most a quarter of a
+    /// slab of 64 slots or more is occupied, and rebuilds the index. Every
+    /// key is hashed (user code) before anything changes. Returns whether
+    /// slots moved: anything holding slot numbers must then be rebuilt.
+    pub(crate) fn compact_if_sparse<S: BuildHasher>(&mut self, hasher: &S) -> bool {
+        if self.slab.len() < 64 || self.len() * 4 > self.slab.len() {
+            return false;
+        }
+        let hashes: Vec<u64> = self.iter().map(|(_, e)| hasher.hash_one(&e.key)).collect();
+        let mut slab = Vec::with_capacity(hashes.len());
+        let mut fingerprints = Vec::new();
+        for (old, entry) in std::mem::take(&mut self.slab).into_iter().enumerate() {
+            if let Some(entry) = entry {
+                if let Some(fingerprint) = self.fingerprints.get(old).copied().flatten() {
+                    fingerprints.resize(slab.len(), None);
+                    fingerprints.push(Some(fingerprint));
+                }
+                slab.push(Some(entry));
+            }
+        }
+        let mut index = HashTable::with_capacity(hashes.len());
+        for (slot, &hash) in hashes.iter().enumerate() {
+            index.insert_unique(hash, slot as Slot, |&s| hashes[s as usize]);
+        }
+        self.slab = slab;
+        self.index = index;
+        self.fingerprints = fingerprints;
+        self.free = Vec::new();
+        true
     }
 }

@@ -458,8 +458,7 @@ impl<K, V> Shard<K, V> {
         if top.deadline > now {
             return None;
         }
-        self.queue.pop();
-        Some(self.take_version(top, hasher))
+        Some(self.take_top(top, hasher))
     }
 
     /// Evicts the entry with the soonest deadline (the oldest write among
@@ -468,8 +467,8 @@ impl<K, V> Shard<K, V> {
     where
         K: Hash,
     {
-        while let Some(Reverse(top)) = self.queue.pop() {
-            if let Some(entry) = self.take_version(top, hasher) {
+        while let Some(&Reverse(top)) = self.queue.peek() {
+            if let Some(entry) = self.take_top(top, hasher) {
                 grave.bury(entry);
                 self.stats.evictions += 1;
                 return true;
@@ -479,14 +478,20 @@ impl<K, V> Shard<K, V> {
         false
     }
 
-    /// Removes the entry version `item` was pushed for, if it still exists.
-    fn take_version<S: BuildHasher>(&mut self, item: Due, hasher: &S) -> Option<Entry<K, V>>
+    /// Pops `top` (the queue's head) and removes the entry version it was
+    /// pushed for, if that still exists. The key is hashed (user code, which
+    /// may panic) before anything changes, so a panic leaves the entry and
+    /// its queue item in place.
+    fn take_top<S: BuildHasher>(&mut self, top: Due, hasher: &S) -> Option<Entry<K, V>>
     where
         K: Hash,
     {
-        self.entries
-            .version(item.slot, item.seq)
-            .then(|| self.entries.remove_slot(item.slot, hasher))
+        let hash = self
+            .entries
+            .version(top.slot, top.seq)
+            .then(|| hasher.hash_one(&self.entries.get(top.slot).key));
+        self.queue.pop();
+        hash.map(|hash| self.entries.remove(top.slot, hash))
     }
 
     /// Ends a flight without storing anything (the leader failed, or the
@@ -576,9 +581,42 @@ impl<K, V> Shard<K, V> {
     }
 
     fn next_seq(&mut self) -> u32 {
+        if self.next_seq == u32::MAX {
+            self.renumber();
+        }
         let seq = self.next_seq;
-        self.next_seq = self.next_seq.wrapping_add(1);
+        self.next_seq += 1;
         seq
+    }
+
+    /// Drops stale items: one item per entry afterwards.
+    fn rebuild_queue(&mut self) {
+        let mut items = std::mem::take(&mut self.queue).into_vec();
+        items.clear();
+        items.extend(self.entries.iter().map(|(slot, e)| {
+            Reverse(Due {
+                deadline: e.deadline,
+                seq: e.seq,
+                slot,
+            })
+        }));
+        items.shrink_to(2 * items.len() + QUEUE_SLACK);
+        self.queue = BinaryHeap::from(items);
+    }
+
+    /// Before the write counter wraps (once per 2³² writes to a shard):
+    /// gives the entries fresh sequence numbers 0..n in their write order
+    /// and rebuilds the queue, so no stale item can ever match a reused
+    /// (slot, seq) pair.
+    fn renumber(&mut self) {
+        let mut order: Vec<(u32, Slot)> =
+            self.entries.iter().map(|(slot, e)| (e.seq, slot)).collect();
+        order.sort_unstable();
+        for (seq, &(_, slot)) in order.iter().enumerate() {
+            self.entries.get_mut(slot).seq = seq as u32;
+        }
+        self.next_seq = order.len() as u32;
+        self.rebuild_queue();
     }
 }
 
@@ -670,8 +708,8 @@ impl<K: Hash + Eq, V> Shard<K, V> {
             }
             None => None,
         };
-        // User code that may panic runs before anything changes, so a panic
-        // here leaks no unit and strands no flight.
+        // `K::clone` (user code that may panic) runs before the unit and the
+        // lapsed flight change hands, so a panic here leaks neither.
         let copy = key.clone();
         let mut inherited_unit = false;
         if let Some(lapsed) = lapsed {
@@ -850,24 +888,23 @@ impl<K: Hash + Eq, V> Shard<K, V> {
 
     fn push_due(&mut self, item: Due) {
         self.queue.push(Reverse(item));
-        if self.queue.len() > 2 * self.entries.len() + QUEUE_SLACK {
+        // A rebuild scans the whole slab, so it waits until the stale items
+        // outnumber the slab's slots: amortised O(1) per push, and the queue
+        // stays within twice the slab's size.
+        if self.queue.len() > 2 * self.entries.slots() + QUEUE_SLACK {
             self.rebuild_queue();
         }
     }
 
-    /// Drops stale items: one item per entry afterwards.
-    fn rebuild_queue(&mut self) {
-        let mut items = std::mem::take(&mut self.queue).into_vec();
-        items.clear();
-        items.extend(self.entries.iter().map(|(slot, e)| {
-            Reverse(Due {
-                deadline: e.deadline,
-                seq: e.seq,
-                slot,
-            })
-        }));
-        items.shrink_to(2 * items.len() + QUEUE_SLACK);
-        self.queue = BinaryHeap::from(items);
+    /// Packs a sparse slab (after a purge left it at most a quarter full),
+    /// returning memory to the allocator, and rebuilds the queue to match.
+    pub(crate) fn compact<S: BuildHasher>(&mut self, hasher: &S)
+    where
+        K: Hash,
+    {
+        if self.entries.compact_if_sparse(hasher) {
+            self.rebuild_queue();
+        }
     }
 
     /// Number of queue items, stale ones included (for tests).
@@ -925,6 +962,87 @@ mod tests {
         assert!(shard.give_up_one(0, true, &hasher(), &mut grave));
         assert_eq!(grave.inline[0].as_ref().map(|e| e.key), Some(2));
         assert_eq!(shard.stats.evictions, 1);
+    }
+
+    #[test]
+    fn a_wrapping_write_counter_never_lets_a_stale_item_match_a_reused_slot() {
+        let h = hasher();
+        let mut shard = TestShard::new();
+        put(&mut shard, 1, 1_000, 0); // slot 0, seq 0
+        shard.remove(h.hash_one(1u64), &1u64); // its item (1000, 0, 0) is stale
+        shard.next_seq = u32::MAX; // 2^32 writes later
+        put(&mut shard, 2, 1_000_000, 0); // slot 0 again; the counter wraps
+        let mut grave = Graveyard::new();
+        assert_eq!(shard.reclaim_due(1_000, 8, &h, &mut grave).entries, 0);
+        assert!(
+            shard.is_stored(h.hash_one(2u64), &2u64),
+            "the live entry survives"
+        );
+        assert_eq!(shard.reclaim_due(1_000_000, 8, &h, &mut grave).entries, 1);
+    }
+
+    #[test]
+    fn a_panicking_hash_during_reclaim_changes_nothing() {
+        use std::hash::Hasher;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        static ARMED: AtomicBool = AtomicBool::new(false);
+        #[derive(PartialEq, Eq)]
+        struct Key(u64);
+        impl Hash for Key {
+            fn hash<H: Hasher>(&self, state: &mut H) {
+                assert!(!ARMED.load(Ordering::SeqCst), "planted panic in Hash");
+                self.0.hash(state);
+            }
+        }
+        let h = hasher();
+        let mut shard: Shard<Key, u64> = Shard::new();
+        let mut grave = Graveyard::new();
+        let stored = shard.write(
+            h.hash_one(Key(1)),
+            WriteKey::Owned(Key(1)),
+            1,
+            5,
+            0,
+            None,
+            &h,
+            &mut grave,
+        );
+        assert!(matches!(stored, WriteResult::Stored));
+        ARMED.store(true, Ordering::SeqCst);
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            shard.reclaim_due(10, 8, &h, &mut Graveyard::new());
+        }));
+        ARMED.store(false, Ordering::SeqCst);
+        assert!(unwound.is_err());
+        assert_eq!(shard.queue_len(), 1, "the item is still queued");
+        assert_eq!(
+            shard.reclaim_due(10, 8, &h, &mut grave).entries,
+            1,
+            "and still reclaimable"
+        );
+    }
+
+    #[test]
+    fn a_sparse_slab_is_compacted_and_stays_consistent() {
+        let h = hasher();
+        let mut shard = TestShard::new();
+        for key in 0..1_000 {
+            put(&mut shard, key, if key < 990 { 5 } else { 50 }, 0);
+        }
+        let mut grave = Graveyard::new();
+        assert_eq!(shard.reclaim_due(10, 10_000, &h, &mut grave).entries, 990);
+        shard.compact(&h);
+        assert_eq!(
+            shard.entries.slots(),
+            10,
+            "the slab shrank to the live entries"
+        );
+        assert_eq!(shard.queue_len(), 10);
+        for key in 990..1_000 {
+            assert!(shard.is_stored(h.hash_one(key), &key));
+        }
+        assert_eq!(shard.reclaim_due(50, 100, &h, &mut grave).entries, 10);
+        assert_eq!(shard.len(), 0);
     }
 
     #[test]
