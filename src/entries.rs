@@ -2,13 +2,14 @@
 //! slot numbers.
 //!
 //! The index (`hashbrown::HashTable<u32>`) holds 4-byte slot numbers
-//! instead of whole entries, so its load-factor slack (hashbrown keeps
-//! between 44% and 87.5% of its slots filled) costs 4 bytes a slot, not an
-//! entry's size; entries sit in a `Vec` whose free slots are reused. That
-//! takes the per-entry overhead at 1M String keys from 194 to about 90 bytes
+//! instead of whole entries, so its load-factor slack (hashbrown grows at
+//! 87.5% full, so a table just past a doubling is half empty) costs 4 bytes
+//! a slot, not an entry's size; entries sit in a `Vec` whose free slots are
+//! reused, and which a purge compacts once it is at most a quarter full.
+//! That takes the per-entry overhead at 1M String keys from 194 to 94 bytes
 //! (see the README's memory table). Fingerprints, which only protocol
-//! records have, live in a parallel vector that is only allocated once a
-//! shard stores one.
+//! records have, live in a parallel vector allocated (one 17-byte slot per
+//! slab slot) once a shard stores its first one.
 
 use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash};

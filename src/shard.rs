@@ -15,8 +15,10 @@
 //! entry's `seq` and is discarded. So finding expired entries only ever looks
 //! at items whose deadline has passed, never at live entries, and each item
 //! is popped at most once (amortised O(1) per write on top of the heap's
-//! O(log n) push). When stale items outnumber entries the heap is rebuilt
-//! from the entries, which bounds its size to about twice their number.
+//! O(log n) push). When the queue holds more than twice as many items as the
+//! slab has slots, it is rebuilt from the entries (a scan of the slab, so
+//! amortised O(1) per push too); a purge that leaves the slab at most a
+//! quarter full compacts it first.
 
 use std::borrow::Borrow;
 use std::cmp::Reverse;
