@@ -388,9 +388,10 @@ fn reaper_latency() -> String {
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing
-    // useful either: this harness always runs, so keep it out of tests.
-    if std::env::args().any(|a| a == "--list") {
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this
+    // binary without it (and in a debug build): only check that it starts.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("benchmark harness: run it with `cargo bench`");
         return;
     }
     let cfg = Config {
