@@ -28,6 +28,8 @@ pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
 /// finds every unit of the bound held by claims in progress gets
 /// [`Claim::Full`](crate::Claim::Full).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
 pub enum CapacityPolicy {
     /// Evict the live record with the soonest deadline (the default): the
     /// cache always has room for new work, at the cost of forgetting a
@@ -150,6 +152,20 @@ impl<K, V, S> CacheBuilder<K, V, S> {
     /// (idempotency-safe). See [`CapacityPolicy`].
     pub fn capacity_policy(mut self, policy: CapacityPolicy) -> Self {
         self.capacity_policy = policy;
+        self
+    }
+
+    /// Takes every option from `config` (a [`CacheConfig`](crate::CacheConfig)
+    /// loaded from a file, say); options it leaves unset keep the builder's
+    /// defaults. Values are checked by [`build`](Self::build).
+    #[cfg(feature = "serde")]
+    pub fn config(mut self, config: &crate::CacheConfig) -> Self {
+        self.time_to_live = config.time_to_live;
+        self.max_entries = config.max_entries;
+        self.shards = config.shards;
+        self.background_eviction = config.background_eviction;
+        self.lease = config.lease;
+        self.capacity_policy = config.capacity_policy;
         self
     }
 

@@ -223,6 +223,8 @@
 mod builder;
 mod cache;
 pub mod clock;
+#[cfg(feature = "serde")]
+mod config;
 mod entries;
 mod error;
 mod fingerprint;
@@ -237,6 +239,8 @@ mod sync;
 
 pub use builder::{CacheBuilder, CapacityPolicy, DEFAULT_LEASE, DEFAULT_TIME_TO_LIVE, MAX_SHARDS};
 pub use cache::Cache;
+#[cfg(feature = "serde")]
+pub use config::CacheConfig;
 pub use error::BuildError;
 #[cfg(feature = "digest")]
 pub use fingerprint::FingerprintBuilder;
