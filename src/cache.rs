@@ -8,10 +8,11 @@ use std::ops::Deref;
 use std::time::Duration;
 
 use crate::builder::{CacheBuilder, CapacityPolicy};
-use crate::clock::{TimeSource, duration_to_nanos};
+use crate::clock::{TimeSource, duration_to_nanos, system_time_after};
 use crate::flight::{self, Ended, Flight, NO_LEASE, Outcome};
 use crate::reaper::{Reap, Reaper};
-use crate::shard::{Graveyard, Lapsed, Limit, Lookup, Shard, WriteKey, WriteResult};
+use crate::shard::{Graveyard, Lapsed, Limit, Lookup, Restored, Shard, WriteKey, WriteResult};
+use crate::snapshot::{RestoreReport, Snapshot, SnapshotEntry};
 use crate::stats::Stats;
 use crate::sync::{Arc, Mutex, thread};
 
@@ -654,6 +655,11 @@ impl<K, V, S> Shared<K, V, S> {
         self.time.now()
     }
 
+    /// The wall-clock time matching [`now`](Self::now).
+    pub(crate) fn system_now(&self) -> std::time::SystemTime {
+        self.time.system_now()
+    }
+
     /// How long a blocked waiter may sleep before it must look at a claim's
     /// lease again; `None` when the flight has no lease.
     fn recheck_after(&self, flight: &Flight<V>) -> Option<Duration> {
@@ -733,6 +739,31 @@ impl<K, V, S> Shared<K, V, S> {
     #[inline]
     pub(crate) fn shard(&self, hash: u64) -> &Mutex<Shard<K, V>> {
         &self.shards[self.shard_index(hash)]
+    }
+
+    /// Copies every live entry into a snapshot, one shard at a time, with
+    /// deadlines converted to wall-clock time. `copy` clones a record.
+    pub(crate) fn take_snapshot(&self, copy: fn(&K, &V) -> (K, V)) -> Snapshot<K, V> {
+        // One reading of both clocks for the whole snapshot, so deadlines
+        // keep their order and spacing.
+        let now = self.time.now();
+        let system_now = self.time.system_now();
+        let mut entries = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = shard.lock();
+            entries.reserve(shard.len());
+            shard.for_each_live(now, |entry, fingerprint| {
+                let (key, value) = copy(&entry.key, &entry.value);
+                let left = Duration::from_nanos(entry.deadline - now);
+                entries.push(SnapshotEntry {
+                    key,
+                    value,
+                    fingerprint,
+                    expires_at: system_time_after(system_now, left),
+                });
+            });
+        }
+        Snapshot::new(system_now, entries)
     }
 
     /// Gives back room for `n` removed entries.
@@ -815,6 +846,57 @@ where
                 }
             }
         }
+    }
+
+    /// See [`Cache::restore`].
+    pub(crate) fn restore(&self, snapshot: Snapshot<K, V>) -> RestoreReport {
+        let mut report = RestoreReport::default();
+        if self.limit.is_some() {
+            // Expired entries must not hold room that live records need.
+            self.purge(&|| false);
+        }
+        // Wall-clock deadlines become cache deadlines through one reading
+        // of both clocks.
+        let now = self.time.now();
+        let system_now = self.time.system_now();
+        let mut records = Vec::with_capacity(snapshot.len());
+        for entry in snapshot {
+            match entry.expires_at.duration_since(system_now) {
+                Ok(left) if !left.is_zero() => {
+                    records.push((now.saturating_add(duration_to_nanos(left)), entry));
+                }
+                _ => report.skipped_expired += 1,
+            }
+        }
+        // Latest deadlines first: if room runs out, the records kept are
+        // those that would have been kept longest, and a key listed twice
+        // keeps its latest record.
+        records.sort_by(|a, b| b.0.cmp(&a.0));
+        for (deadline, entry) in records {
+            let hash = self.hash(&entry.key);
+            // Declared before the guard: what is not stored is dropped
+            // after unlocking.
+            let mut grave = Graveyard::new();
+            let now = self.time.now();
+            let outcome = self.shard(hash).lock().restore(
+                hash,
+                entry.key,
+                entry.value,
+                deadline,
+                entry.fingerprint,
+                now,
+                self.limit.as_ref(),
+                &self.hasher,
+                &mut grave,
+            );
+            match outcome {
+                Restored::Stored => report.restored += 1,
+                Restored::Expired => report.skipped_expired += 1,
+                Restored::Present => report.skipped_present += 1,
+                Restored::Full => report.refused_capacity += 1,
+            }
+        }
+        report
     }
 
     /// Whether a full cache must refuse rather than wait for room: it never

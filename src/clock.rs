@@ -26,7 +26,7 @@
 
 use std::any::Any;
 use std::fmt;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::sync::Arc;
 use crate::sync::atomic::{AtomicU64, Ordering};
@@ -62,6 +62,17 @@ use crate::sync::atomic::{AtomicU64, Ordering};
 pub trait Clock: Send + Sync + 'static {
     /// The current time. Successive calls must never go backwards.
     fn now(&self) -> Instant;
+
+    /// The wall-clock time matching [`now`](Self::now). Used only where a
+    /// deadline must mean something outside this process: in
+    /// [snapshots](crate::Snapshot) (which outlive a restart, where an
+    /// `Instant` means nothing) and in
+    /// [`Replay::expires_at`](crate::Replay::expires_at). The default reads
+    /// the system clock; a simulated clock overrides it so that its
+    /// snapshots expire in simulated time.
+    fn system_time(&self) -> SystemTime {
+        SystemTime::now()
+    }
 }
 
 /// The default clock: the operating system's monotonic clock.
@@ -103,6 +114,9 @@ impl Clock for MonotonicClock {
 #[derive(Clone)]
 pub struct ManualClock {
     base: Instant,
+    /// The wall-clock time at `base`: [`Clock::system_time`] moves with
+    /// the manual time, so snapshots taken under it expire when it advances.
+    system_base: SystemTime,
     /// Nanoseconds since `base`; saturates instead of wrapping.
     offset_nanos: Arc<AtomicU64>,
 }
@@ -113,6 +127,7 @@ impl ManualClock {
     pub fn new() -> Self {
         Self {
             base: Instant::now(),
+            system_base: SystemTime::now(),
             offset_nanos: Arc::new(AtomicU64::new(0)),
         }
     }
@@ -170,19 +185,39 @@ impl Clock for ManualClock {
         // Only a clock advanced by centuries can overflow `Instant`; stay at
         // the furthest representable point rather than panicking or going
         // backwards.
-        self.base.checked_add(offset).unwrap_or_else(|| {
-            let mut step = offset;
-            let mut at = self.base;
-            while !step.is_zero() {
-                if let Some(next) = at.checked_add(step) {
-                    at = next;
-                } else {
-                    step /= 2;
-                }
-            }
-            at
-        })
+        furthest_after(self.base, offset, Instant::checked_add)
     }
+
+    /// The system time when the clock was made, plus the time it has been
+    /// advanced by (saturating at the furthest representable time).
+    fn system_time(&self) -> SystemTime {
+        let offset = self.elapsed();
+        system_time_after(self.system_base, offset)
+    }
+}
+
+/// `system_now + after`, saturating at the latest representable time.
+pub(crate) fn system_time_after(system_now: SystemTime, after: Duration) -> SystemTime {
+    furthest_after(system_now, after, SystemTime::checked_add)
+}
+
+/// `base + offset`, or the latest representable time before it: never a
+/// panic, never a step backwards.
+fn furthest_after<T: Copy>(
+    base: T,
+    offset: Duration,
+    checked_add: fn(&T, Duration) -> Option<T>,
+) -> T {
+    let mut step = offset;
+    let mut at = base;
+    while !step.is_zero() {
+        if let Some(next) = checked_add(&at, step) {
+            at = next;
+        } else {
+            step /= 2;
+        }
+    }
+    at
 }
 
 /// Nanoseconds in `d`, saturating at `u64::MAX` (about 584 years).
@@ -285,6 +320,16 @@ impl TimeSource {
         match self {
             TimeSource::Monotonic { .. } => wanted,
             TimeSource::Manual { .. } | TimeSource::Custom { .. } => wanted.min(RECHECK),
+        }
+    }
+
+    /// The wall-clock time matching [`now`](Self::now): the system clock,
+    /// or the clock's own notion of it (a manual clock's moves with it).
+    pub(crate) fn system_now(&self) -> SystemTime {
+        match self {
+            TimeSource::Monotonic { .. } => SystemTime::now(),
+            TimeSource::Manual { clock, .. } => clock.system_time(),
+            TimeSource::Custom { clock, .. } => clock.system_time(),
         }
     }
 

@@ -152,7 +152,8 @@ impl FromStr for Fingerprint {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.as_bytes();
-        if s.len() != 32 {
+        // `from_str_radix` alone would also take a sign ("+f").
+        if s.len() != 32 || !s.iter().all(u8::is_ascii_hexdigit) {
             return Err(ParseFingerprintError);
         }
         let mut bytes = [0; 16];
@@ -161,5 +162,55 @@ impl FromStr for Fingerprint {
             *byte = u8::from_str_radix(digits, 16).map_err(|_| ParseFingerprintError)?;
         }
         Ok(Fingerprint(bytes))
+    }
+}
+
+/// Human-readable formats (JSON, TOML) get the 32-digit hex string;
+/// binary formats the 16 bytes.
+#[cfg(feature = "serde")]
+impl serde::Serialize for Fingerprint {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            serializer.collect_str(self)
+        } else {
+            self.0.serialize(serializer)
+        }
+    }
+}
+
+#[cfg(feature = "serde")]
+impl<'de> serde::Deserialize<'de> for Fingerprint {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        if deserializer.is_human_readable() {
+            let hex = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+            hex.parse().map_err(serde::de::Error::custom)
+        } else {
+            <[u8; 16]>::deserialize(deserializer).map(Fingerprint)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parsing_takes_exactly_32_hex_digits() {
+        let hex = "00112233445566778899aabbccddeeff";
+        let parsed: Fingerprint = hex.parse().unwrap();
+        assert_eq!(parsed.to_string(), hex);
+        assert_eq!(hex.to_uppercase().parse::<Fingerprint>(), Ok(parsed));
+        for bad in [
+            "",
+            &hex[1..],
+            "+0112233445566778899aabbccddeeff",
+            "0g112233445566778899aabbccddeeff",
+        ] {
+            assert_eq!(
+                bad.parse::<Fingerprint>(),
+                Err(ParseFingerprintError),
+                "{bad:?}"
+            );
+        }
     }
 }

@@ -234,6 +234,9 @@ pub mod key;
 mod protocol;
 mod reaper;
 mod shard;
+mod snapshot;
+#[cfg(feature = "persistence")]
+mod snapshot_file;
 mod stats;
 mod sync;
 
@@ -241,9 +244,10 @@ pub use builder::{CacheBuilder, CapacityPolicy, DEFAULT_LEASE, DEFAULT_TIME_TO_L
 pub use cache::Cache;
 #[cfg(feature = "serde")]
 pub use config::CacheConfig;
-pub use error::BuildError;
+pub use error::{BuildError, SnapshotError};
 #[cfg(feature = "digest")]
 pub use fingerprint::FingerprintBuilder;
 pub use fingerprint::{Fingerprint, ParseFingerprintError};
 pub use protocol::{Claim, Pending, Replay, Reservation, StaleReservation, Waited};
+pub use snapshot::{RestoreReport, Snapshot, SnapshotEntry};
 pub use stats::Stats;

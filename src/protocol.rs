@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::Fingerprint;
 use crate::cache::{Cache, Stored};
-use crate::clock::duration_to_nanos;
+use crate::clock::{duration_to_nanos, system_time_after};
 use crate::flight::{self, Ended, Flight, NO_LEASE};
 use crate::shard::{ClaimLookup, Graveyard, WriteKey};
 use crate::sync::Arc;
@@ -76,13 +76,19 @@ impl<V> Replay<V> {
     /// The header a server adds to a replayed response.
     pub const HEADER: (&'static str, &'static str) = ("Idempotent-Replayed", "true");
 
-    fn new(value: V, expires_in_nanos: u64, fingerprint: Option<Fingerprint>) -> Self {
+    /// `system_now` is the cache clock's wall-clock time (see
+    /// [`Clock::system_time`](crate::clock::Clock::system_time)).
+    fn new(
+        value: V,
+        expires_in_nanos: u64,
+        fingerprint: Option<Fingerprint>,
+        system_now: SystemTime,
+    ) -> Self {
         let expires_in = Duration::from_nanos(expires_in_nanos);
-        let now = SystemTime::now();
         Replay {
             value,
             expires_in,
-            expires_at: now.checked_add(expires_in).unwrap_or(now),
+            expires_at: system_time_after(system_now, expires_in),
             fingerprint,
         }
     }
@@ -180,8 +186,14 @@ impl<K, V: Clone, S> Pending<K, V, S> {
     fn waited(&self, ended: Ended<V>) -> Waited<V> {
         match ended {
             Ended::Completed(value, expires_at) => {
-                let left = expires_at.saturating_sub(self.cache.shared.now());
-                Waited::Completed(Replay::new(value, left, self.flight.fingerprint))
+                let shared = &self.cache.shared;
+                let left = expires_at.saturating_sub(shared.now());
+                Waited::Completed(Replay::new(
+                    value,
+                    left,
+                    self.flight.fingerprint,
+                    shared.system_now(),
+                ))
             }
             Ended::Abandoned => Waited::Released,
             Ended::TimedOut => Waited::TimedOut,
@@ -466,6 +478,7 @@ where
                         value,
                         expires_at.saturating_sub(now),
                         fingerprint,
+                        self.shared.system_now(),
                     ));
                 }
                 ClaimLookup::Mismatch => return Claim::Mismatch,

@@ -241,6 +241,18 @@ pub(crate) enum WriteResult<K, V> {
     NeedRoom(Option<K>, V),
 }
 
+/// What restoring one snapshot record did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Restored {
+    Stored,
+    /// Its deadline has passed.
+    Expired,
+    /// The key has a live entry or a flight, which is newer.
+    Present,
+    /// The cache is full of live entries and claims.
+    Full,
+}
+
 /// What a claim found.
 pub(crate) enum ClaimLookup<K, V> {
     /// A live completed record.
@@ -560,6 +572,21 @@ impl<K, V> Shard<K, V> {
         ended
     }
 
+    /// Calls `visit` with every entry live at `now` and its fingerprint.
+    /// Claims and computations in progress are flights, not entries: they
+    /// are not visited.
+    pub(crate) fn for_each_live(
+        &self,
+        now: u64,
+        mut visit: impl FnMut(&Entry<K, V>, Option<Fingerprint>),
+    ) {
+        for (slot, entry) in self.entries.iter() {
+            if now < entry.deadline {
+                visit(entry, self.entries.fingerprint(slot));
+            }
+        }
+    }
+
     fn next_token(&mut self) -> u64 {
         let token = self.next_token;
         self.next_token += 1;
@@ -873,6 +900,78 @@ impl<K: Hash + Eq, V> Shard<K, V> {
             slot,
         });
         WriteResult::Stored
+    }
+
+    /// Stores a record restored from a snapshot, unless its key is taken:
+    /// a live entry or a flight of the key is newer than any snapshot, so it
+    /// stays. An expired entry of the key is overwritten. Never evicts a
+    /// live entry: with no room (after reclaiming expired entries here) the
+    /// record is refused. What is not stored goes to the graveyard.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn restore<S: BuildHasher>(
+        &mut self,
+        hash: u64,
+        key: K,
+        value: V,
+        deadline: u64,
+        fingerprint: Option<Fingerprint>,
+        now: u64,
+        limit: Option<&Limit>,
+        hasher: &S,
+        grave: &mut Graveyard<K, V>,
+    ) -> Restored {
+        let taken = if deadline <= now {
+            Some(Restored::Expired)
+        } else if self.flights.find(hash, |s| s.key == key).is_some()
+            || self.find_live(hash, &key, now).is_some()
+        {
+            Some(Restored::Present)
+        } else {
+            None
+        };
+        if let Some(outcome) = taken {
+            grave.key = Some(key);
+            grave.value = Some(value);
+            return outcome;
+        }
+        let seq = self.next_seq();
+        let slot = match self.entries.find(hash, &key) {
+            // The key's expired entry: overwritten in place, like a write.
+            Some(slot) => {
+                let entry = self.entries.get_mut(slot);
+                grave.value = Some(std::mem::replace(&mut entry.value, value));
+                entry.deadline = deadline;
+                entry.seq = seq;
+                grave.key = Some(key);
+                self.entries.set_fingerprint(slot, fingerprint);
+                slot
+            }
+            None => {
+                self.reclaim_for_write(now, limit, hasher, grave);
+                if let Some(limit) = limit
+                    && !limit.try_acquire()
+                    && !self.give_up_one(now, false, hasher, grave)
+                {
+                    grave.key = Some(key);
+                    grave.value = Some(value);
+                    return Restored::Full;
+                }
+                let entry = Entry {
+                    key,
+                    value,
+                    deadline,
+                    seq,
+                };
+                self.entries.insert(hash, entry, fingerprint, hasher)
+            }
+        };
+        self.push_due(Due {
+            deadline,
+            seq,
+            slot,
+        });
+        self.stats.inserts += 1;
+        Restored::Stored
     }
 
     fn reclaim_for_write<S: BuildHasher>(
