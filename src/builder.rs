@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::cache::{Cache, Settings, Shared};
 use crate::clock::{Clock, TimeSource};
 use crate::error::BuildError;
-use crate::reaper::Reaper;
+use crate::reaper::{Reaper, Schedule};
 
 /// Time-to-live used when none is set: 24 hours, the retention Stripe
 /// documents for idempotency keys.
@@ -84,6 +84,8 @@ pub struct CacheBuilder<K, V, S = ahash::RandomState> {
     capacity_policy: CapacityPolicy,
     time: Option<TimeSource>,
     hasher: S,
+    #[cfg(feature = "persistence")]
+    snapshot: Option<crate::snapshot::Periodic<K, V>>,
     _types: PhantomData<fn() -> (K, V)>,
 }
 
@@ -98,6 +100,8 @@ impl<K, V> CacheBuilder<K, V, ahash::RandomState> {
             capacity_policy: CapacityPolicy::EvictSoonest,
             time: None,
             hasher: ahash::RandomState::new(),
+            #[cfg(feature = "persistence")]
+            snapshot: None,
             _types: PhantomData,
         }
     }
@@ -134,6 +138,60 @@ impl<K, V, S> CacheBuilder<K, V, S> {
     /// ever started: writes reclaim expired entries as they go.
     pub fn background_eviction(mut self, interval: Duration) -> Self {
         self.background_eviction = Some(interval);
+        self
+    }
+
+    /// Saves a [snapshot](Cache::snapshot) of the cache to `path` every
+    /// `interval`, on the background thread (started for it if
+    /// [`background_eviction`](Self::background_eviction) did not), and a
+    /// final one on [`Cache::shutdown`]. Each save replaces the file
+    /// atomically ([`Snapshot::save_to`](crate::Snapshot::save_to)); a
+    /// failed save is recorded in [`Cache::snapshot_status`] and tried
+    /// again at the next interval.
+    ///
+    /// **What a crash can lose:** records completed after the last
+    /// successful save, so up to `interval` of them plus the time a save
+    /// takes. A graceful stop that calls [`Cache::shutdown`] loses none.
+    /// Load the file back with [`Cache::load_from`] when the process
+    /// starts.
+    ///
+    /// `interval` must be non-zero, and `path` must name a file in an
+    /// existing directory; [`build`](Self::build) checks both.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use idemcache::Cache;
+    ///
+    /// let dir = std::env::temp_dir().join(format!("idemcache-doc-every-{}", std::process::id()));
+    /// std::fs::create_dir_all(&dir)?;
+    /// let path = dir.join("records.snapshot");
+    ///
+    /// let cache: Cache<String, String> = Cache::builder()
+    ///     .snapshot_every(&path, Duration::from_secs(10))
+    ///     .build()?;
+    /// match cache.load_from(&path) {
+    ///     Ok(report) => println!("restored {} records", report.restored),
+    ///     Err(e) if e.is_not_found() => {} // first start
+    ///     Err(e) => return Err(e.into()),
+    /// }
+    /// cache.insert("key".to_string(), "receipt".to_string());
+    /// cache.shutdown()?; // final snapshot
+    /// assert_eq!(cache.snapshot_status().unwrap().last_saved_records, 1);
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[cfg(feature = "persistence")]
+    pub fn snapshot_every(mut self, path: impl AsRef<std::path::Path>, interval: Duration) -> Self
+    where
+        K: Clone + serde::Serialize,
+        V: Clone + serde::Serialize,
+    {
+        self.snapshot = Some(crate::snapshot::Periodic::new(
+            path.as_ref().to_path_buf(),
+            interval,
+        ));
         self
     }
 
@@ -199,6 +257,8 @@ impl<K, V, S> CacheBuilder<K, V, S> {
             capacity_policy: self.capacity_policy,
             time: self.time,
             hasher,
+            #[cfg(feature = "persistence")]
+            snapshot: self.snapshot,
             _types: PhantomData,
         }
     }
@@ -234,7 +294,12 @@ impl<K, V, S> CacheBuilder<K, V, S> {
         if self.lease.is_zero() {
             return Err(BuildError::ZeroLease);
         }
-        let shared = Shared::new(
+        #[cfg(feature = "persistence")]
+        if let Some(periodic) = &self.snapshot {
+            check_snapshot_schedule(&periodic.path, periodic.interval)?;
+        }
+        #[cfg_attr(not(feature = "persistence"), allow(unused_mut))]
+        let mut shared = Shared::new(
             Settings {
                 shards,
                 time_to_live: self.time_to_live,
@@ -245,18 +310,56 @@ impl<K, V, S> CacheBuilder<K, V, S> {
             self.time.unwrap_or_else(TimeSource::monotonic),
             self.hasher,
         );
-        let reaper = match self.background_eviction {
-            Some(interval) => Some(
-                Reaper::spawn(crate::sync::Arc::clone(&shared), interval).map_err(|e| {
-                    BuildError::SpawnReaper {
-                        reason: e.to_string(),
-                    }
-                })?,
-            ),
-            None => None,
+        let schedule = Schedule {
+            purge: self.background_eviction,
+            #[cfg(feature = "persistence")]
+            snapshot: self.snapshot.as_ref().map(|periodic| periodic.interval),
+            #[cfg(not(feature = "persistence"))]
+            snapshot: None,
+        };
+        #[cfg(feature = "persistence")]
+        {
+            shared.periodic = self.snapshot;
+        }
+        let shared = crate::sync::Arc::new(shared);
+        let reaper = if schedule.is_empty() {
+            None
+        } else {
+            let spawned = Reaper::spawn(crate::sync::Arc::clone(&shared), schedule);
+            Some(spawned.map_err(|e| BuildError::SpawnReaper {
+                reason: e.to_string(),
+            })?)
         };
         Ok(Cache::from_parts(shared, reaper))
     }
+}
+
+/// A periodic snapshot needs a non-zero interval and a file name in an
+/// existing directory: checked here so that a typo fails at startup, not
+/// at every save.
+#[cfg(feature = "persistence")]
+fn check_snapshot_schedule(path: &std::path::Path, interval: Duration) -> Result<(), BuildError> {
+    if interval.is_zero() {
+        return Err(BuildError::ZeroSnapshotInterval);
+    }
+    let invalid = |reason| BuildError::InvalidSnapshotPath {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if path.file_name().is_none() {
+        return Err(invalid("the path names no file"));
+    }
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => std::path::Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(invalid("its directory does not exist"));
+    }
+    if path.is_dir() {
+        return Err(invalid("it is a directory"));
+    }
+    Ok(())
 }
 
 /// `(4 × available cores).next_power_of_two()`: enough shards that threads

@@ -208,13 +208,19 @@ fn furthest_after<T: Copy>(
     offset: Duration,
     checked_add: fn(&T, Duration) -> Option<T>,
 ) -> T {
-    let mut step = offset;
+    // Moves towards `base + offset` in steps that halve whenever one would
+    // overflow: each success shortens what is left, each failure the step.
     let mut at = base;
-    while !step.is_zero() {
-        if let Some(next) = checked_add(&at, step) {
-            at = next;
-        } else {
-            step /= 2;
+    let mut left = offset;
+    let mut step = offset;
+    while !left.is_zero() && !step.is_zero() {
+        step = step.min(left);
+        match checked_add(&at, step) {
+            Some(next) => {
+                at = next;
+                left -= step;
+            }
+            None => step /= 2,
         }
     }
     at
@@ -425,6 +431,23 @@ mod tests {
         assert_eq!(clock.elapsed(), Duration::from_nanos(u64::MAX));
         // Reading it never panics and never goes back before the start.
         assert!(clock.now() >= clock.base);
+    }
+
+    #[test]
+    fn wall_clock_offsets_are_exact_or_saturate() {
+        let base = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let offset = Duration::from_nanos(123_456_789_012);
+        assert_eq!(system_time_after(base, offset), base + offset);
+        assert_eq!(system_time_after(base, Duration::ZERO), base);
+        // Far past the representable range: the latest time there is.
+        let far = system_time_after(base, Duration::MAX);
+        assert!(far > base);
+        assert!(far.checked_add(Duration::from_secs(1)).is_none());
+
+        let clock = ManualClock::new();
+        let start = clock.system_time();
+        clock.advance(Duration::from_secs(90));
+        assert_eq!(clock.system_time(), start + Duration::from_secs(90));
     }
 
     #[test]

@@ -249,5 +249,7 @@ pub use error::{BuildError, SnapshotError};
 pub use fingerprint::FingerprintBuilder;
 pub use fingerprint::{Fingerprint, ParseFingerprintError};
 pub use protocol::{Claim, Pending, Replay, Reservation, StaleReservation, Waited};
+#[cfg(feature = "persistence")]
+pub use snapshot::SnapshotStatus;
 pub use snapshot::{RestoreReport, Snapshot, SnapshotEntry};
 pub use stats::Stats;

@@ -1,5 +1,6 @@
-//! The optional background reaper: one thread per cache that purges expired
-//! entries every interval, in bounded batches.
+//! The optional background thread: one per cache, that purges expired
+//! entries every interval, in bounded batches, and (with the `persistence`
+//! feature) saves a snapshot every interval.
 //!
 //! The thread holds the cache's shared state, not a handle, so it does not
 //! keep the cache alive: when the last [`Cache`](crate::Cache) handle is
@@ -7,7 +8,7 @@
 //! notifies the thread (it may be asleep for a whole interval) and joins it.
 
 use std::io;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::sync::thread::{self, JoinHandle};
 use crate::sync::{Arc, Condvar, Mutex};
@@ -15,11 +16,28 @@ use crate::sync::{Arc, Condvar, Mutex};
 /// The name the reaper thread runs under (visible in debuggers and `top`).
 pub(crate) const THREAD_NAME: &str = "idemcache-reaper";
 
-/// What the reaper purges. Implemented by the cache's shared state.
+/// What the reaper works on. Implemented by the cache's shared state.
 pub(crate) trait Reap: Send + Sync + 'static {
     /// Purges expired entries in bounded batches, asking `stop` between
     /// batches whether to give up early.
     fn reap(&self, stop: &dyn Fn() -> bool);
+
+    /// Saves the periodic snapshot (a failure is recorded, not raised).
+    fn save_snapshot(&self);
+}
+
+/// How often the reaper does each of its jobs; `None`: never.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Schedule {
+    pub(crate) purge: Option<Duration>,
+    pub(crate) snapshot: Option<Duration>,
+}
+
+impl Schedule {
+    /// Whether there is anything for a thread to do.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.purge.is_none() && self.snapshot.is_none()
+    }
 }
 
 struct Signal {
@@ -40,8 +58,8 @@ pub(crate) struct Reaper {
 }
 
 impl Reaper {
-    /// Starts the thread, purging `target` every `interval`.
-    pub(crate) fn spawn<R: Reap>(target: Arc<R>, interval: Duration) -> io::Result<Reaper> {
+    /// Starts the thread, working on `target` as `schedule` says.
+    pub(crate) fn spawn<R: Reap>(target: Arc<R>, schedule: Schedule) -> io::Result<Reaper> {
         let signal = Arc::new(Signal {
             stopped: Mutex::new(false),
             wake: Condvar::new(),
@@ -49,7 +67,7 @@ impl Reaper {
         let thread_signal = Arc::clone(&signal);
         let thread = thread::Builder::new()
             .name(THREAD_NAME.to_string())
-            .spawn(move || run(&*target, &thread_signal, interval))?;
+            .spawn(move || run(&*target, &thread_signal, schedule))?;
         Ok(Reaper {
             signal,
             thread: Some(thread),
@@ -57,19 +75,41 @@ impl Reaper {
     }
 }
 
-fn run<R: Reap>(target: &R, signal: &Signal, interval: Duration) {
+fn run<R: Reap>(target: &R, signal: &Signal, schedule: Schedule) {
+    // `None` for a job that never runs, including one whose interval is
+    // too long to add to an `Instant`.
+    let after =
+        |interval: Option<Duration>| interval.and_then(|every| Instant::now().checked_add(every));
+    let mut next_purge = after(schedule.purge);
+    let mut next_snapshot = after(schedule.snapshot);
     loop {
+        let due = next_purge.into_iter().chain(next_snapshot).min();
         {
             let mut stopped = signal.stopped.lock();
-            if !*stopped {
-                // A spurious or early wake-up only purges early: harmless.
-                signal.wake.wait_for(&mut stopped, interval);
-            }
-            if *stopped {
-                return;
+            loop {
+                if *stopped {
+                    return;
+                }
+                let now = Instant::now();
+                match due {
+                    Some(due) if now >= due => break,
+                    // A spurious or early wake-up only looks again.
+                    Some(due) => {
+                        signal.wake.wait_for(&mut stopped, due - now);
+                    }
+                    None => signal.wake.wait(&mut stopped),
+                }
             }
         }
-        target.reap(&|| signal.is_stopped());
+        let now = Instant::now();
+        if next_purge.is_some_and(|at| now >= at) {
+            target.reap(&|| signal.is_stopped());
+            next_purge = after(schedule.purge);
+        }
+        if next_snapshot.is_some_and(|at| now >= at) {
+            target.save_snapshot();
+            next_snapshot = after(schedule.snapshot);
+        }
     }
 }
 

@@ -224,3 +224,93 @@ where
         self.shared.restore(snapshot)
     }
 }
+
+/// A cache's periodic snapshot: where, how often, how it went. Built by
+/// [`CacheBuilder::snapshot_every`](crate::CacheBuilder::snapshot_every),
+/// which knows `K` and `V` are serializable and fixes the two functions
+/// then (the cache's hasher type is not known yet).
+#[cfg(feature = "persistence")]
+pub(crate) struct Periodic<K, V> {
+    pub(crate) path: std::path::PathBuf,
+    pub(crate) interval: std::time::Duration,
+    copy: fn(&K, &V) -> (K, V),
+    save: fn(&Snapshot<K, V>, &std::path::Path) -> Result<(), crate::SnapshotError>,
+    status: crate::sync::Mutex<SnapshotStatus>,
+}
+
+#[cfg(feature = "persistence")]
+impl<K, V> Periodic<K, V> {
+    pub(crate) fn new(path: std::path::PathBuf, interval: std::time::Duration) -> Self
+    where
+        K: Clone + serde::Serialize,
+        V: Clone + serde::Serialize,
+    {
+        fn save<K: serde::Serialize, V: serde::Serialize>(
+            snapshot: &Snapshot<K, V>,
+            path: &std::path::Path,
+        ) -> Result<(), crate::SnapshotError> {
+            snapshot.save_to(path)
+        }
+        Periodic {
+            status: crate::sync::Mutex::new(SnapshotStatus {
+                path: path.clone(),
+                ..SnapshotStatus::default()
+            }),
+            path,
+            interval,
+            copy: copy_record::<K, V>,
+            save: save::<K, V>,
+        }
+    }
+
+    /// Snapshots `cache` to the path and records how it went.
+    pub(crate) fn save_now<S>(
+        &self,
+        cache: &crate::cache::Shared<K, V, S>,
+    ) -> Result<(), crate::SnapshotError> {
+        let snapshot = cache.take_snapshot(self.copy);
+        let result = (self.save)(&snapshot, &self.path);
+        let mut status = self.status.lock();
+        match &result {
+            Ok(()) => {
+                status.saved += 1;
+                status.last_saved_at = Some(snapshot.taken_at());
+                status.last_saved_records = snapshot.len();
+            }
+            Err(e) => {
+                status.failed += 1;
+                status.last_error = Some(e.to_string());
+            }
+        }
+        drop(status);
+        drop(snapshot); // user `Drop` code, with no lock held
+        result
+    }
+
+    pub(crate) fn status(&self) -> SnapshotStatus {
+        self.status.lock().clone()
+    }
+}
+
+/// How a cache's periodic snapshots are going: see
+/// [`Cache::snapshot_status`](crate::Cache::snapshot_status). A failed save
+/// (a full disk, a removed directory) is counted and described here, and
+/// tried again at the next interval; the previous file stays intact.
+#[cfg(feature = "persistence")]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SnapshotStatus {
+    /// Where the snapshots go.
+    pub path: std::path::PathBuf,
+    /// Saves that succeeded (periodic and at shutdown).
+    pub saved: u64,
+    /// Saves that failed.
+    pub failed: u64,
+    /// When the last successful save's snapshot was taken: the file holds
+    /// the records as of then.
+    pub last_saved_at: Option<SystemTime>,
+    /// How many records the last successful save wrote.
+    pub last_saved_records: usize,
+    /// The last failure's message, if any save failed.
+    pub last_error: Option<String>,
+}
