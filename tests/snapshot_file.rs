@@ -1,0 +1,390 @@
+//! The snapshot file: atomic saves, verified loads (every kind of damaged
+//! file is a typed error and restores nothing), periodic snapshots on the
+//! background thread, and the final snapshot of `Cache::shutdown`.
+#![cfg(feature = "persistence")]
+
+mod common;
+
+use std::fs;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::wait_until;
+use idemcache::clock::{Clock, ManualClock};
+use idemcache::{BuildError, Cache, Snapshot, SnapshotError};
+
+const SEC: Duration = Duration::from_secs(1);
+
+/// A fresh, empty directory for one test, under cargo's per-target temp
+/// dir (a real file system, not necessarily tmpfs).
+fn scratch_dir(test: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("snapshot_file")
+        .join(test);
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn filled_cache(n: u32) -> Cache<String, u32> {
+    let cache = Cache::builder().shards(4).build().unwrap();
+    for i in 0..n {
+        cache.insert(format!("key-{i}"), i);
+    }
+    cache
+}
+
+#[test]
+fn save_and_load_round_trip_through_a_file() {
+    let dir = scratch_dir("round_trip");
+    let path = dir.join("records.snapshot");
+    let old = filled_cache(500);
+    assert_eq!(old.save_to(&path).unwrap(), 500);
+
+    let new: Cache<String, u32> = Cache::new();
+    let report = new.load_from(&path).unwrap();
+    assert_eq!(report.restored, 500);
+    for i in 0..500 {
+        assert_eq!(new.get(&format!("key-{i}")), Some(i));
+    }
+    // Only the snapshot is left in the directory: no temporary file.
+    let names: Vec<_> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["records.snapshot"]);
+}
+
+#[test]
+fn a_save_replaces_the_previous_snapshot_and_ignores_a_stale_temporary_file() {
+    let dir = scratch_dir("replace");
+    let path = dir.join("s.snapshot");
+    filled_cache(3).save_to(&path).unwrap();
+    // A crash mid-save leaves this behind; it is never read, only replaced.
+    fs::write(dir.join(".s.snapshot.idemcache-tmp"), b"half a snapshot").unwrap();
+    assert_eq!(Snapshot::<String, u32>::load_from(&path).unwrap().len(), 3);
+    filled_cache(7).save_to(&path).unwrap();
+    assert_eq!(Snapshot::<String, u32>::load_from(&path).unwrap().len(), 7);
+    assert!(!dir.join(".s.snapshot.idemcache-tmp").exists());
+}
+
+#[test]
+fn a_failed_save_leaves_the_previous_file_untouched() {
+    let dir = scratch_dir("failed_save");
+    let path = dir.join("s.snapshot");
+    filled_cache(3).save_to(&path).unwrap();
+    let before = fs::read(&path).unwrap();
+    // The temporary file cannot be created: a directory is in its way.
+    fs::create_dir(dir.join(".s.snapshot.idemcache-tmp")).unwrap();
+    let err = filled_cache(9).save_to(&path).unwrap_err();
+    assert!(matches!(err, SnapshotError::Io { .. }), "{err:?}");
+    assert_eq!(fs::read(&path).unwrap(), before);
+
+    let missing = dir.join("no-such-dir").join("s.snapshot");
+    let err = filled_cache(1).save_to(&missing).unwrap_err();
+    assert!(matches!(err, SnapshotError::Io { .. }), "{err:?}");
+    assert!(err.to_string().contains("no-such-dir"), "{err}");
+}
+
+#[test]
+fn a_missing_file_is_a_not_found_error() {
+    let dir = scratch_dir("missing");
+    let err = Snapshot::<String, u32>::load_from(dir.join("nothing-here")).unwrap_err();
+    assert!(err.is_not_found(), "{err:?}");
+}
+
+/// Saves a snapshot, damages the file with `damage`, and checks that
+/// loading it fails as `expected` says and restores nothing.
+fn load_damaged(
+    test: &str,
+    damage: impl FnOnce(&mut Vec<u8>),
+    expected: fn(&SnapshotError) -> bool,
+) {
+    let dir = scratch_dir(test);
+    let path = dir.join("s.snapshot");
+    filled_cache(50).save_to(&path).unwrap();
+    let mut bytes = fs::read(&path).unwrap();
+    damage(&mut bytes);
+    fs::write(&path, &bytes).unwrap();
+
+    let cache: Cache<String, u32> = Cache::new();
+    let err = cache.load_from(&path).unwrap_err();
+    assert!(expected(&err), "{test}: unexpected {err:?}");
+    assert!(cache.is_empty(), "{test}: a failed load restored something");
+    // The same verdict from memory as from the file.
+    let from_memory = Snapshot::<String, u32>::decode(&bytes).unwrap_err();
+    assert!(
+        expected(&from_memory),
+        "{test}: decode gave {from_memory:?}"
+    );
+}
+
+#[test]
+fn a_truncated_file_is_rejected() {
+    load_damaged(
+        "truncated_body",
+        |b| b.truncate(b.len() - 1),
+        |e| matches!(e, SnapshotError::Truncated { .. }),
+    );
+    load_damaged(
+        "truncated_header",
+        |b| b.truncate(20),
+        |e| {
+            matches!(
+                e,
+                SnapshotError::Truncated {
+                    expected: 50,
+                    found: 20
+                }
+            )
+        },
+    );
+    load_damaged("empty", Vec::clear, |e| {
+        matches!(e, SnapshotError::Truncated { .. })
+    });
+}
+
+#[test]
+fn a_corrupted_file_is_rejected() {
+    load_damaged(
+        "flipped_body_byte",
+        |b| {
+            let at = b.len() - 10;
+            b[at] ^= 0x40;
+        },
+        |e| matches!(e, SnapshotError::Corrupted { .. }),
+    );
+    load_damaged(
+        "flipped_checksum",
+        |b| b[30] ^= 1,
+        |e| matches!(e, SnapshotError::Corrupted { .. }),
+    );
+    load_damaged(
+        "appended",
+        |b| b.extend_from_slice(b"trailing"),
+        |e| matches!(e, SnapshotError::Corrupted { .. }),
+    );
+    load_damaged(
+        "not_a_snapshot",
+        |b| b[..8].copy_from_slice(b"GIF89a\0\0"),
+        |e| matches!(e, SnapshotError::NotASnapshot),
+    );
+}
+
+#[test]
+fn a_file_of_another_format_version_is_rejected() {
+    load_damaged(
+        "version",
+        |b| b[8..10].copy_from_slice(&2u16.to_le_bytes()),
+        |e| {
+            matches!(
+                e,
+                SnapshotError::WrongVersion {
+                    found: 2,
+                    supported: 1
+                }
+            )
+        },
+    );
+}
+
+#[test]
+fn a_file_of_other_key_or_value_types_is_rejected() {
+    let dir = scratch_dir("wrong_type");
+    let path = dir.join("s.snapshot");
+    filled_cache(5).save_to(&path).unwrap();
+    // Same key type, other value type: u64 would even decode from u32's
+    // varints, so only the type check can tell.
+    let err = Snapshot::<String, u64>::load_from(&path).unwrap_err();
+    match &err {
+        SnapshotError::WrongType { expected, found } => {
+            assert!(expected.contains("u64"), "{expected}");
+            assert!(found.contains("u32"), "{found}");
+        }
+        other => panic!("expected WrongType, got {other:?}"),
+    }
+    let err = Snapshot::<u64, String>::load_from(&path).unwrap_err();
+    assert!(matches!(err, SnapshotError::WrongType { .. }), "{err:?}");
+    let cache: Cache<u64, String> = Cache::new();
+    assert!(cache.load_from(&path).is_err());
+    assert!(cache.is_empty());
+}
+
+#[test]
+fn decode_unchecked_reads_a_renamed_type_but_still_rejects_what_does_not_decode() {
+    mod v1 {
+        #[derive(serde::Serialize, serde::Deserialize, Clone, Debug, PartialEq)]
+        pub struct Receipt {
+            pub id: u64,
+        }
+    }
+    mod v2 {
+        // The same type, moved to another module.
+        #[derive(serde::Serialize, serde::Deserialize, Clone, Debug, PartialEq)]
+        pub struct Receipt {
+            pub id: u64,
+        }
+    }
+    let old: Cache<String, v1::Receipt> = Cache::new();
+    old.insert("k".into(), v1::Receipt { id: 9 });
+    let bytes = old.snapshot().encode().unwrap();
+    assert!(matches!(
+        Snapshot::<String, v2::Receipt>::decode(&bytes),
+        Err(SnapshotError::WrongType { .. })
+    ));
+    let moved = Snapshot::<String, v2::Receipt>::decode_unchecked(&bytes).unwrap();
+    assert_eq!(moved.entries()[0].value, v2::Receipt { id: 9 });
+    // A shape that does not fit is a decode error, not garbage.
+    assert!(matches!(
+        Snapshot::<String, (u64, String, String)>::decode_unchecked(&bytes),
+        Err(SnapshotError::Decode { .. })
+    ));
+}
+
+// Periodic snapshots and shutdown ------------------------------------------
+
+#[test]
+fn snapshot_every_saves_on_the_background_thread_and_shutdown_saves_the_rest() {
+    let dir = scratch_dir("periodic");
+    let path = dir.join("s.snapshot");
+    let cache: Cache<String, u32> = Cache::builder()
+        .snapshot_every(&path, Duration::from_millis(20))
+        .build()
+        .unwrap();
+    cache.insert("first".into(), 1);
+    wait_until("a periodic save", || {
+        cache.snapshot_status().unwrap().saved >= 1
+            && Snapshot::<String, u32>::load_from(&path).is_ok_and(|s| s.len() == 1)
+    });
+    let status = cache.snapshot_status().unwrap();
+    assert_eq!(status.path, path);
+    assert_eq!(status.failed, 0);
+    assert_eq!(status.last_error, None);
+
+    cache.shutdown().unwrap();
+    let saved_at_shutdown = cache.snapshot_status().unwrap().saved;
+    // After shutdown no thread saves any more: a later record reaches the
+    // file only through an explicit save.
+    cache.insert("late".into(), 2);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(cache.snapshot_status().unwrap().saved, saved_at_shutdown);
+    assert_eq!(Snapshot::<String, u32>::load_from(&path).unwrap().len(), 1);
+    cache.shutdown().unwrap(); // again: saves, stops nothing twice
+    assert_eq!(Snapshot::<String, u32>::load_from(&path).unwrap().len(), 2);
+}
+
+#[test]
+fn shutdown_saves_what_the_last_interval_had_not() {
+    let dir = scratch_dir("shutdown");
+    let path = dir.join("s.snapshot");
+    // An interval no test waits for: only the final snapshot writes.
+    let cache: Cache<String, u32> = Cache::builder()
+        .snapshot_every(&path, Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    for i in 0..100 {
+        cache.insert(format!("k{i}"), i);
+    }
+    assert!(!path.exists());
+    cache.shutdown().unwrap();
+    let status = cache.snapshot_status().unwrap();
+    assert_eq!((status.saved, status.last_saved_records), (1, 100));
+
+    let restarted: Cache<String, u32> = Cache::new();
+    assert_eq!(restarted.load_from(&path).unwrap().restored, 100);
+}
+
+#[test]
+fn a_failing_periodic_save_is_recorded_and_retried_and_shutdown_reports_it() {
+    let dir = scratch_dir("failing");
+    let path = dir.join("s.snapshot");
+    let cache: Cache<String, u32> = Cache::builder()
+        .snapshot_every(&path, Duration::from_millis(10))
+        .build()
+        .unwrap();
+    cache.insert("k".into(), 1);
+    // Make the directory unusable after the build checked it.
+    fs::remove_dir_all(&dir).unwrap();
+    wait_until("two failed saves", || {
+        cache.snapshot_status().unwrap().failed >= 2
+    });
+    let status = cache.snapshot_status().unwrap();
+    assert!(status.last_error.is_some());
+    let err = cache.shutdown().unwrap_err();
+    assert!(matches!(err, SnapshotError::Io { .. }), "{err:?}");
+    // The cache itself is unaffected.
+    assert_eq!(cache.get("k"), Some(1));
+}
+
+#[test]
+fn periodic_snapshots_use_the_caches_clock() {
+    let dir = scratch_dir("clock");
+    let path = dir.join("s.snapshot");
+    let clock = ManualClock::new();
+    let cache: Cache<String, u32> = Cache::builder()
+        .clock(clock.clone())
+        .time_to_live(SEC * 60)
+        .snapshot_every(&path, Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    cache.insert("k".into(), 1);
+    clock.advance(SEC * 10);
+    cache.shutdown().unwrap();
+    let snapshot = Snapshot::<String, u32>::load_from(&path).unwrap();
+    assert_eq!(snapshot.taken_at(), clock.system_time());
+    assert_eq!(
+        snapshot.entries()[0].expires_at,
+        clock.system_time() + SEC * 50
+    );
+}
+
+#[test]
+fn shutdown_without_snapshots_only_stops_the_thread() {
+    let cache: Cache<u32, u32> = Cache::builder()
+        .background_eviction(Duration::from_millis(5))
+        .build()
+        .unwrap();
+    assert_eq!(cache.snapshot_status(), None);
+    cache.insert(1, 1);
+    cache.shutdown().unwrap();
+    assert_eq!(cache.get(&1), Some(1));
+}
+
+#[test]
+fn snapshot_every_rejects_a_zero_interval_and_an_unusable_path() {
+    let dir = scratch_dir("build_errors");
+    let zero = Cache::<String, u32>::builder()
+        .snapshot_every(dir.join("s"), Duration::ZERO)
+        .build()
+        .unwrap_err();
+    assert_eq!(zero, BuildError::ZeroSnapshotInterval);
+    assert_eq!(zero.field(), "snapshot_every");
+
+    let no_dir = Cache::<String, u32>::builder()
+        .snapshot_every(dir.join("missing").join("s"), SEC)
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(no_dir, BuildError::InvalidSnapshotPath { .. }),
+        "{no_dir:?}"
+    );
+    assert_eq!(no_dir.field(), "snapshot_every");
+
+    let is_dir = Cache::<String, u32>::builder()
+        .snapshot_every(&dir, SEC)
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(is_dir, BuildError::InvalidSnapshotPath { .. }),
+        "{is_dir:?}"
+    );
+
+    let no_file = Cache::<String, u32>::builder()
+        .snapshot_every("/", SEC)
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(no_file, BuildError::InvalidSnapshotPath { .. }),
+        "{no_file:?}"
+    );
+}
