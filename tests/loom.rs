@@ -249,6 +249,31 @@ fn reaper_always_exits_when_the_last_handle_drops() {
     });
 }
 
+/// Model 7b: an explicit `shutdown` racing a second `shutdown` and the
+/// drop of another handle: the thread is stopped and joined exactly once,
+/// nobody waits forever, and the cache keeps working afterwards.
+#[test]
+fn shutdown_racing_shutdown_and_drop_always_stops_the_reaper() {
+    loom::model(|| {
+        let cache: TestCache = Cache::builder()
+            .shards(1)
+            .clock(ManualClock::new())
+            .hasher(ahash::RandomState::with_seeds(1, 2, 3, 4))
+            .background_eviction(Duration::from_secs(1))
+            .build()
+            .unwrap();
+        let racing = cache.clone();
+        let dropped = cache.clone();
+        let shutdown = thread::spawn(move || racing.shutdown().unwrap());
+        let dropper = thread::spawn(move || drop(dropped));
+        cache.shutdown().unwrap();
+        shutdown.join().unwrap();
+        dropper.join().unwrap();
+        cache.insert(1, 1);
+        assert_eq!(cache.get(&1), Some(1));
+    });
+}
+
 /// Regression (found by the `concurrent_ops` fuzz target): with several
 /// shards, a full cache moves room between shards (evict in one, insert in
 /// another); `len()` summed shard by shard could then read above the bound.
