@@ -149,6 +149,103 @@
 //! The entry being written is never evicted; computations in progress are
 //! not entries and are never evicted.
 //!
+//! ## Surviving restarts
+//!
+//! A record that vanishes on a deploy is a duplicate charge waiting to
+//! happen. [`Cache::snapshot`] copies every live completed record (key,
+//! value, [fingerprint](Fingerprint), and deadline as **wall-clock**
+//! `SystemTime`, since an `Instant` means nothing after a restart) into a
+//! [`Snapshot`]; [`Cache::restore`] loads one back, skipping records whose
+//! deadline has passed, never overwriting a key the cache already holds,
+//! never evicting, and keeping the latest deadlines when `max_entries` is
+//! short; it reports each count ([`RestoreReport`]). Claims and
+//! computations in progress are not records and are not saved: their
+//! clients got no answer and will retry against the new process.
+//!
+//! With the `persistence` feature, snapshots go to files:
+//!
+//! - [`Snapshot::save_to`] / [`Cache::save_to`] write atomically: a
+//!   temporary file in the same directory, fsync, rename over the target,
+//!   fsync the directory. A crash leaves the old file or the new one,
+//!   never a mix (`tests/crash_safety.rs` SIGKILLs a saving process 60
+//!   times at random points and loads the file after each kill).
+//! - The format is versioned and checksummed: magic `IDEMSNAP`, format
+//!   version, body length, SHA-256, then a [postcard] body holding the key
+//!   and value type names and the snapshot. [`Snapshot::load_from`] /
+//!   [`Cache::load_from`] check all of it before restoring anything and
+//!   return a [`SnapshotError`] (truncated, corrupted, wrong version, wrong
+//!   type, I/O) instead of a partial restore or a panic.
+//! - [`CacheBuilder::snapshot_every`] saves on the background thread every
+//!   interval; [`Cache::shutdown`] saves a final snapshot. **A crash loses
+//!   the records completed since the last save** (at most one interval
+//!   plus a save's duration); a graceful stop that calls `shutdown` loses
+//!   none. A failed periodic save keeps the previous file, is retried next
+//!   interval and shows in [`Cache::snapshot_status`].
+//!
+//! ```
+//! # #[cfg(feature = "persistence")] {
+//! use std::path::PathBuf;
+//! use std::time::Duration;
+//! use idemcache::{Cache, CacheConfig};
+//!
+//! /// The service's configuration file: the cache's settings, and where
+//! /// and how often to snapshot (set in code, as it needs `K` and `V` to be
+//! /// serializable).
+//! #[derive(serde::Deserialize)]
+//! struct Config {
+//!     cache: CacheConfig,
+//!     snapshot_path: PathBuf,
+//!     #[serde(with = "humantime_serde")]
+//!     snapshot_every: Duration,
+//! }
+//!
+//! # let dir = std::env::temp_dir().join(format!("idemcache-doc-restart-{}", std::process::id()));
+//! # std::fs::create_dir_all(&dir)?;
+//! # let path = dir.join("idempotency.snapshot");
+//! let config: Config = toml::from_str(&format!(r#"
+//!     snapshot_path = "{}"
+//!     snapshot_every = "10s"
+//!
+//!     [cache]
+//!     time_to_live = "24h"
+//!     max_entries = 1000000
+//!     background_eviction = "1s"
+//!     capacity_policy = "refuse"
+//! "#, path.display()))?;
+//!
+//! let start = || -> Result<Cache<String, String>, Box<dyn std::error::Error>> {
+//!     let cache = Cache::builder()
+//!         .config(&config.cache)
+//!         .snapshot_every(&config.snapshot_path, config.snapshot_every)
+//!         .build()?;
+//!     match cache.load_from(&config.snapshot_path) {
+//!         Ok(report) => println!("restored {report:?}"),
+//!         Err(e) if e.is_not_found() => println!("first start: nothing to restore"),
+//!         Err(e) => return Err(e.into()), // damaged: decide, don't guess
+//!     }
+//!     Ok(cache)
+//! };
+//!
+//! let cache = start()?;
+//! cache.insert("order-7".to_string(), "charge ch_1".to_string());
+//! cache.shutdown()?; // graceful stop: the final snapshot
+//!
+//! let restarted = start()?;
+//! assert_eq!(restarted.get("order-7").as_deref(), Some("charge ch_1"));
+//! # restarted.shutdown()?;
+//! # std::fs::remove_dir_all(&dir)?;
+//! # }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Deadlines cross the restart as wall-clock times, so a system clock set
+//! back (or forward) between save and restore lengthens (or shortens) what
+//! is left of each record. One process should write a given snapshot path.
+//! The type check compares Rust type names; a file written before `K` or
+//! `V` was renamed or moved loads with [`Snapshot::decode_unchecked`].
+//!
+//! [postcard]: https://docs.rs/postcard
+//!
 //! ## What is and is not guaranteed
 //!
 //! - Guaranteed: the points above; `len()` exact when no write is running;
@@ -166,10 +263,12 @@
 //!
 //! | what | tool | bound | where |
 //! |---|---|---|---|
-//! | single flight, hand-over after `Err`/panic/dropped future, wake-ups, invalidation, `len()`/bound consistency, reaper shutdown | [loom] (all interleavings) | 2–3 threads; `LOOM_MAX_PREEMPTIONS=2` in CI, also passed with no bound | `tests/loom.rs` |
-//! | every operation's result, `len()`, eviction victim, counters | [proptest], against a `BTreeMap` reference model | 1..200 ops over 6 keys; 1,000 cases × 4 configurations in CI | `tests/model_based.rs`, `tests/model/` |
+//! | single flight, hand-over after `Err`/panic/dropped future, wake-ups, invalidation, `len()`/bound consistency, reaper shutdown (last drop, racing `shutdown` calls); claims racing, release wake-ups, fencing | [loom] (all interleavings) | 2–3 threads; `LOOM_MAX_PREEMPTIONS=2` in CI, also passed with no bound | `tests/loom.rs`, `tests/loom_protocol.rs` |
+//! | every operation's result, `len()`, eviction victim, counters | [proptest], against a `BTreeMap` reference model | 1..200 ops over 6 keys; 1,000 cases × 6 configurations in CI | `tests/model_based.rs`, `tests/model/` |
 //! | the same model, differentially | cargo-fuzz (`ops`) | corpus replay + 30 s in CI | `fuzz/` |
 //! | invariants under real threads: no panic, `len() <= max_entries`, values belong to their key, nothing returned past its deadline | cargo-fuzz (`concurrent_ops`) | corpus replay + 30 s in CI | `fuzz/` |
+//! | a save killed at any point leaves a loadable file, the previous or the new snapshot | crash test: a child process SIGKILLed at random moments | 60 kills per run | `tests/crash_safety.rs` |
+//! | the snapshot decoder on arbitrary bytes: errors only, allocation bounded by input size | cargo-fuzz (`snapshot_decode`) | corpus replay + 30 s in CI | `fuzz/` |
 //! | undefined behaviour | miri | unit tests + the expiry, capacity and single-flight suites | `cargo +nightly miri test` |
 //! | each semantic point of the docs above | integration tests | | `tests/*.rs` |
 //!
@@ -187,6 +286,9 @@
 //! cargo install cargo-fuzz --locked
 //! cd fuzz && cargo fuzz run -s none ops -- -max_total_time=600 -timeout=5
 //! cd fuzz && cargo fuzz run -s none concurrent_ops -- -max_total_time=600 -timeout=5
+//! cd fuzz && cargo fuzz run -s none snapshot_decode -- -max_total_time=600 -timeout=5
+//! # crash safety of snapshot files (its own harness)
+//! cargo test --features persistence --test crash_safety
 //! # miri
 //! rustup component add --toolchain nightly miri rust-src
 //! cargo +nightly miri test --lib --test expiry --test capacity --test single_flight
