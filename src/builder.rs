@@ -85,7 +85,7 @@ pub struct CacheBuilder<K, V, S = ahash::RandomState> {
     time: Option<TimeSource>,
     hasher: S,
     #[cfg(feature = "persistence")]
-    snapshot: Option<crate::snapshot::Periodic<K, V>>,
+    snapshot: Option<crate::persistence::Periodic<K, V>>,
     _types: PhantomData<fn() -> (K, V)>,
 }
 
@@ -152,11 +152,22 @@ impl<K, V, S> CacheBuilder<K, V, S> {
     /// **What a crash can lose:** records completed after the last
     /// successful save, so up to `interval` of them plus the time a save
     /// takes. A graceful stop that calls [`Cache::shutdown`] loses none.
+    ///
     /// Load the file back with [`Cache::load_from`] when the process
-    /// starts.
+    /// starts, before serving. Until this cache has restored a snapshot
+    /// (or saved to `path` explicitly with [`Cache::save_to`]), periodic and
+    /// shutdown saves do not replace an existing file at `path`: they are
+    /// skipped with [`SnapshotError::WouldOverwrite`](crate::SnapshotError::WouldOverwrite)
+    /// (counted in [`SnapshotStatus::skipped`](crate::SnapshotStatus::skipped)),
+    /// so a service that forgot to load, or whose load failed, does not
+    /// erase the previous run's records. No save runs while a restore
+    /// does, and saves of one cache never overtake each other. Each save
+    /// copies and writes the whole cache: intervals of seconds suit it.
     ///
     /// `interval` must be non-zero, and `path` must name a file in an
-    /// existing directory; [`build`](Self::build) checks both.
+    /// existing directory; [`build`](Self::build) checks both and makes
+    /// `path` absolute (a later change of working directory does not move
+    /// the snapshots).
     ///
     /// # Examples
     ///
@@ -188,7 +199,7 @@ impl<K, V, S> CacheBuilder<K, V, S> {
         K: Clone + serde::Serialize,
         V: Clone + serde::Serialize,
     {
-        self.snapshot = Some(crate::snapshot::Periodic::new(
+        self.snapshot = Some(crate::persistence::Periodic::new(
             path.as_ref().to_path_buf(),
             interval,
         ));
@@ -270,7 +281,7 @@ impl<K, V, S> CacheBuilder<K, V, S> {
     /// A [`BuildError`] for a zero `time_to_live`, `max_entries`, `shards` or
     /// eviction interval, more than [`MAX_SHARDS`] shards, or a reaper thread
     /// the operating system would not start.
-    pub fn build(self) -> Result<Cache<K, V, S>, BuildError>
+    pub fn build(#[allow(unused_mut)] mut self) -> Result<Cache<K, V, S>, BuildError>
     where
         K: Hash + Eq + Send + 'static,
         V: Send + 'static,
@@ -295,8 +306,14 @@ impl<K, V, S> CacheBuilder<K, V, S> {
             return Err(BuildError::ZeroLease);
         }
         #[cfg(feature = "persistence")]
-        if let Some(periodic) = &self.snapshot {
+        if let Some(periodic) = &mut self.snapshot {
             check_snapshot_schedule(&periodic.path, periodic.interval)?;
+            periodic
+                .resolve_path()
+                .map_err(|_| BuildError::InvalidSnapshotPath {
+                    path: periodic.path.clone(),
+                    reason: "it cannot be made absolute",
+                })?;
         }
         #[cfg_attr(not(feature = "persistence"), allow(unused_mut))]
         let mut shared = Shared::new(
@@ -319,7 +336,7 @@ impl<K, V, S> CacheBuilder<K, V, S> {
         };
         #[cfg(feature = "persistence")]
         {
-            shared.periodic = self.snapshot;
+            shared.persistence = crate::persistence::Persistence::new(self.snapshot);
         }
         let shared = crate::sync::Arc::new(shared);
         let reaper = if schedule.is_empty() {

@@ -113,7 +113,7 @@ pub(crate) struct Shared<K, V, S> {
     lease_duration: Duration,
     pub(crate) limit: Option<Limit>,
     #[cfg(feature = "persistence")]
-    pub(crate) periodic: Option<crate::snapshot::Periodic<K, V>>,
+    pub(crate) persistence: crate::persistence::Persistence<K, V>,
 }
 
 /// The validated configuration a cache is built from.
@@ -258,8 +258,10 @@ impl<K, V, S> Cache<K, V, S> {
     ///
     /// # Errors
     ///
-    /// The final save's [`SnapshotError`](crate::SnapshotError); the
-    /// thread is stopped either way.
+    /// The final save's [`SnapshotError`](crate::SnapshotError), including
+    /// `WouldOverwrite` when the cache never restored the file it would
+    /// replace (see [`CacheBuilder::snapshot_every`]); the thread is
+    /// stopped either way.
     ///
     /// # Examples
     ///
@@ -279,17 +281,17 @@ impl<K, V, S> Cache<K, V, S> {
         let reaper = self.lifetime.reaper.lock().take();
         drop(reaper); // stops and joins the thread, outside the lock
         #[cfg(feature = "persistence")]
-        if let Some(periodic) = &self.shared.periodic {
-            return periodic.save_now(&self.shared);
-        }
+        return self.shared.persistence.save_periodic(&self.shared);
+        #[cfg(not(feature = "persistence"))]
         Ok(())
     }
 
     /// How the [periodic snapshots](CacheBuilder::snapshot_every) are
     /// going; `None` when the cache has none.
     #[cfg(feature = "persistence")]
-    pub fn snapshot_status(&self) -> Option<crate::snapshot::SnapshotStatus> {
-        self.shared.periodic.as_ref().map(|p| p.status())
+    pub fn snapshot_status(&self) -> Option<crate::SnapshotStatus> {
+        let periodic = self.shared.persistence.periodic.as_ref();
+        periodic.map(crate::persistence::Periodic::status)
     }
 
     /// Removes every entry. Computations in progress are not cancelled, but
@@ -702,7 +704,7 @@ impl<K, V, S> Shared<K, V, S> {
             lease_duration: settings.lease,
             limit: settings.max_entries.map(|max| Limit::new(max, evicts_live)),
             #[cfg(feature = "persistence")]
-            periodic: None,
+            persistence: crate::persistence::Persistence::new(None),
         }
     }
 
@@ -906,6 +908,9 @@ where
 
     /// See [`Cache::restore`].
     pub(crate) fn restore(&self, snapshot: Snapshot<K, V>) -> RestoreReport {
+        // No save may write a half-restored cache over the file.
+        #[cfg(feature = "persistence")]
+        let _restoring = self.persistence.lock_for_restore();
         let mut report = RestoreReport::default();
         if self.limit.is_some() {
             // Expired entries must not hold room that live records need.
@@ -952,6 +957,8 @@ where
                 Restored::Full => report.refused_capacity += 1,
             }
         }
+        #[cfg(feature = "persistence")]
+        self.persistence.restored();
         report
     }
 
@@ -1089,10 +1096,8 @@ where
     }
 
     fn save_snapshot(&self) {
+        // Recorded in the status for `Cache::snapshot_status`.
         #[cfg(feature = "persistence")]
-        if let Some(periodic) = &self.periodic {
-            // Recorded in the status for `Cache::snapshot_status`.
-            let _ = periodic.save_now(self);
-        }
+        let _ = self.persistence.save_periodic(self);
     }
 }

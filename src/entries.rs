@@ -155,16 +155,11 @@ impl<K, V> Entries<K, V> {
 }
 
 impl<K: Hash, V> Entries<K, V> {
-    /// Stores a new entry (its key must not be stored yet).
-    pub(crate) fn insert<S: BuildHasher>(
-        &mut self,
-        hash: u64,
-        entry: Entry<K, V>,
-        fingerprint: Option<Fingerprint>,
-        hasher: &S,
-    ) -> Slot {
-        // Growing the index hashes keys (user code, which may panic): do it
-        // before the slab changes, so a panic leaves everything consistent.
+    /// Makes room in the index for one more entry. Growing the index
+    /// hashes the stored keys (user code, which may panic), so callers do
+    /// this before anything else changes (before taking a unit of the
+    /// bound, say): a panic here leaves everything as it was.
+    pub(crate) fn reserve_one<S: BuildHasher>(&mut self, hasher: &S) {
         let slab = &self.slab;
         self.index.reserve(1, |&s| {
             hasher.hash_one(
@@ -174,6 +169,18 @@ impl<K: Hash, V> Entries<K, V> {
                     .key,
             )
         });
+    }
+
+    /// Stores a new entry (its key must not be stored yet).
+    pub(crate) fn insert<S: BuildHasher>(
+        &mut self,
+        hash: u64,
+        entry: Entry<K, V>,
+        fingerprint: Option<Fingerprint>,
+        hasher: &S,
+    ) -> Slot {
+        // A no-op when the caller reserved already (see `reserve_one`).
+        self.reserve_one(hasher);
         let slot = match self.free.pop() {
             Some(slot) => {
                 self.slab[slot as usize] = Some(entry);

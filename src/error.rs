@@ -173,6 +173,15 @@ pub enum SnapshotError {
         /// The types the file was written with.
         found: String,
     },
+    /// A periodic or shutdown save refused to replace a snapshot file that
+    /// this cache has not restored: the file's records would be lost. Call
+    /// [`Cache::load_from`](crate::Cache::load_from) first (or remove the
+    /// file to start empty); an explicit
+    /// [`Cache::save_to`](crate::Cache::save_to) replaces it.
+    WouldOverwrite {
+        /// The snapshot file.
+        path: PathBuf,
+    },
     /// The snapshot could not be encoded (a key's or value's `Serialize`
     /// failed).
     Encode {
@@ -217,6 +226,12 @@ impl fmt::Display for SnapshotError {
                 f,
                 "snapshot holds {found}, not {expected} (if the types were renamed or moved, \
                  see Snapshot::decode_unchecked)"
+            ),
+            SnapshotError::WouldOverwrite { path } => write!(
+                f,
+                "not replacing {}: it holds a snapshot this cache has not restored \
+                 (call Cache::load_from first, or remove the file to start empty)",
+                path.display()
             ),
             SnapshotError::Encode { reason } => {
                 write!(f, "snapshot could not be encoded: {reason}")

@@ -180,7 +180,11 @@
 //!   the records completed since the last save** (at most one interval
 //!   plus a save's duration); a graceful stop that calls `shutdown` loses
 //!   none. A failed periodic save keeps the previous file, is retried next
-//!   interval and shows in [`Cache::snapshot_status`].
+//!   interval and shows in [`Cache::snapshot_status`]. Saves of one cache
+//!   never overtake each other, none runs during a restore, and until the
+//!   cache has restored a snapshot, periodic and shutdown saves will not
+//!   replace an existing file ([`SnapshotError::WouldOverwrite`]): records
+//!   a service forgot to load stay on disk.
 //!
 //! ```
 //! # #[cfg(feature = "persistence")] {
@@ -291,7 +295,7 @@
 //! cargo test --features persistence --test crash_safety
 //! # miri
 //! rustup component add --toolchain nightly miri rust-src
-//! cargo +nightly miri test --lib --test expiry --test capacity --test single_flight
+//! MIRIFLAGS=-Zmiri-disable-isolation cargo +nightly miri test --lib --test expiry --test capacity --test single_flight
 //! ```
 //!
 //! [loom]: https://docs.rs/loom
@@ -333,6 +337,8 @@ mod fingerprint;
 mod flight;
 #[cfg(any(feature = "digest", feature = "uuid"))]
 pub mod key;
+#[cfg(feature = "persistence")]
+mod persistence;
 mod protocol;
 mod reaper;
 mod shard;
@@ -350,8 +356,8 @@ pub use error::{BuildError, SnapshotError};
 #[cfg(feature = "digest")]
 pub use fingerprint::FingerprintBuilder;
 pub use fingerprint::{Fingerprint, ParseFingerprintError};
-pub use protocol::{Claim, Pending, Replay, Reservation, StaleReservation, Waited};
 #[cfg(feature = "persistence")]
-pub use snapshot::SnapshotStatus;
+pub use persistence::SnapshotStatus;
+pub use protocol::{Claim, Pending, Replay, Reservation, StaleReservation, Waited};
 pub use snapshot::{RestoreReport, Snapshot, SnapshotEntry};
 pub use stats::Stats;

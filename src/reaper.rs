@@ -8,6 +8,7 @@
 //! notifies the thread (it may be asleep for a whole interval) and joins it.
 
 use std::io;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
 
 use crate::sync::thread::{self, JoinHandle};
@@ -101,13 +102,16 @@ fn run<R: Reap>(target: &R, signal: &Signal, schedule: Schedule) {
                 }
             }
         }
+        // A job that panics (in user code: a key's `Hash`, a value's `Drop`)
+        // is abandoned for this round, not the thread: the cache's state
+        // stays consistent through such panics, and the next round runs.
         let now = Instant::now();
         if next_purge.is_some_and(|at| now >= at) {
-            target.reap(&|| signal.is_stopped());
+            let _ = catch_unwind(AssertUnwindSafe(|| target.reap(&|| signal.is_stopped())));
             next_purge = after(schedule.purge);
         }
         if next_snapshot.is_some_and(|at| now >= at) {
-            target.save_snapshot();
+            let _ = catch_unwind(AssertUnwindSafe(|| target.save_snapshot()));
             next_snapshot = after(schedule.snapshot);
         }
     }
@@ -123,8 +127,9 @@ impl Drop for Reaper {
             // there would wait forever. The thread sees the flag and exits on
             // its own right after.
             if thread.thread().id() != thread::current().id() {
-                // A panic on the reaper thread came from a user `Drop`; it
-                // was already reported there and must not escalate here.
+                // Jobs' panics are caught on the thread; should anything
+                // else unwind there, it was reported there and must not
+                // escalate here.
                 let _ = thread.join();
             }
         }

@@ -851,6 +851,9 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         // Reclaimed only now, so that a key's own expired entry is always
         // overwritten in place above rather than reclaimed and re-added.
         self.reclaim_for_write(now, limit, hasher, grave);
+        // Before a unit of the bound is taken: a panicking `Hash` while the
+        // index grows must not leak one.
+        self.entries.reserve_one(hasher);
 
         // A new entry: a completing claim brings its unit; anything else
         // takes one from the bound or makes room here.
@@ -948,6 +951,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
             }
             None => {
                 self.reclaim_for_write(now, limit, hasher, grave);
+                self.entries.reserve_one(hasher); // before the unit, as in `write`
                 if let Some(limit) = limit
                     && !limit.try_acquire()
                     && !self.give_up_one(now, false, hasher, grave)

@@ -32,7 +32,9 @@
 //! the directory so the rename itself is durable. A crash at any point
 //! leaves the target either as it was or completely replaced: never a
 //! partial file. A crash can leave the temporary file behind; the next
-//! save overwrites it, and loads never read it.
+//! save removes it and creates its own (`create_new`, so never through a
+//! symlink), and loads never read it. New files are `0600` on Unix (a
+//! snapshot holds responses); a replaced file's permissions carry over.
 
 use std::any::type_name;
 use std::fs::{self, File, OpenOptions};
@@ -83,14 +85,18 @@ impl<K: Serialize, V: Serialize> Snapshot<K, V> {
     /// happens (crash, power loss, full disk). See the format in the
     /// crate's [Surviving restarts](crate#surviving-restarts) section.
     ///
-    /// One process should write a given path at a time; saves within one
-    /// process are serialized.
+    /// One process should write a given path at a time; writes within one
+    /// process are serialized. A new file is readable by its owner only
+    /// (`0600` on Unix); a replaced one keeps its permissions. A symlink at
+    /// `path` is replaced, not followed.
     ///
     /// # Errors
     ///
-    /// [`SnapshotError::Encode`] if encoding fails, [`SnapshotError::Io`]
-    /// if writing, syncing or renaming does (the previous file is then
-    /// untouched).
+    /// [`SnapshotError::Encode`] if encoding fails; [`SnapshotError::Io`]
+    /// if writing, syncing or renaming does, and the previous file is then
+    /// untouched; or, after the rename, if syncing the directory fails:
+    /// the new file is in place but its rename may not survive a power
+    /// cut.
     ///
     /// # Examples
     ///
@@ -205,9 +211,14 @@ where
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn save_to(&self, path: impl AsRef<Path>) -> Result<usize, SnapshotError> {
-        let snapshot = self.snapshot();
-        snapshot.save_to(path)?;
-        Ok(snapshot.len())
+        let path = path.as_ref();
+        // Under the cache's save lock: an older snapshot (a periodic save
+        // in progress) is never written over this one.
+        self.shared.persistence.save_explicitly(path, || {
+            let snapshot = self.snapshot();
+            snapshot.save_to(path)?;
+            Ok(snapshot.len())
+        })
     }
 }
 
@@ -423,7 +434,7 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Snapshot
         let path = path.to_path_buf();
         move |source| SnapshotError::Io { path, source }
     };
-    let written = write_and_sync(&temp, bytes).map_err(at(&temp));
+    let written = write_and_sync(&temp, path, bytes).map_err(at(&temp));
     let renamed = written.and_then(|()| fs::rename(&temp, path).map_err(at(path)));
     if renamed.is_err() {
         // Best effort: the temporary file is never read, only overwritten.
@@ -433,12 +444,27 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Snapshot
     sync_directory(&dir).map_err(at(&dir))
 }
 
-fn write_and_sync(temp: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(temp)?;
+/// Creates the temporary file afresh (`create_new`: never through a
+/// symlink or into a file someone else holds open), readable by its owner
+/// only until it takes the target's permissions, fills and syncs it.
+fn write_and_sync(temp: &Path, target: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = match options.open(temp) {
+        // Left by a save that crashed: remove it (a symlink is removed, not
+        // followed) and start over.
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            fs::remove_file(temp)?;
+            options.open(temp)?
+        }
+        opened => opened?,
+    };
+    // A replaced snapshot keeps the permissions it was given.
+    if let Ok(previous) = fs::metadata(target) {
+        file.set_permissions(previous.permissions())?;
+    }
     for chunk in bytes.chunks(WRITE_CHUNK) {
         file.write_all(chunk)?;
     }

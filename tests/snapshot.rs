@@ -446,3 +446,51 @@ fn json_spells_fingerprints_as_hex_and_deadlines_as_system_times() {
     assert!(entry["expires_at"]["secs_since_epoch"].is_u64(), "{json}");
     let _: SystemTime = serde_json::from_value(entry["expires_at"].clone()).unwrap();
 }
+
+/// A key whose `Hash` panics for key 0 while `PANICKING` is set.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+struct FragileKey(u64);
+
+static PANICKING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+impl Hash for FragileKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        if self.0 == 0 && PANICKING.load(std::sync::atomic::Ordering::SeqCst) {
+            panic!("planted panic in Hash");
+        }
+        self.0.hash(state);
+    }
+}
+
+#[test]
+fn a_panicking_hash_during_restore_leaks_no_room() {
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    use std::sync::atomic::Ordering::SeqCst;
+    let clock = ManualClock::new();
+    let cache = manual_cache_on::<FragileKey, u64>(&clock, SEC * 60, Some(100));
+    cache.insert(FragileKey(0), 0);
+    let expires_at = clock.system_time() + SEC * 30;
+    PANICKING.store(true, SeqCst);
+    let mut panicked = 0;
+    for i in 1..60 {
+        let one = Snapshot::new(
+            clock.system_time(),
+            vec![SnapshotEntry {
+                key: FragileKey(i),
+                value: i,
+                fingerprint: None,
+                expires_at,
+            }],
+        );
+        if catch_unwind(AssertUnwindSafe(|| cache.restore(one))).is_err() {
+            panicked += 1;
+        }
+    }
+    PANICKING.store(false, SeqCst);
+    assert!(panicked > 0, "the index grew at least once");
+    let stored = (0..60)
+        .filter(|&i| cache.contains_key(&FragileKey(i)))
+        .count();
+    assert_eq!(stored, 60 - panicked);
+    assert_eq!(cache.len(), stored, "every unit of the bound is an entry");
+}

@@ -388,3 +388,237 @@ fn snapshot_every_rejects_a_zero_interval_and_an_unusable_path() {
         "{no_file:?}"
     );
 }
+
+// Ordering, refusal and survival of saves ----------------------------------
+
+/// A value whose `Serialize` misbehaves for two marked values: `SLOW` is
+/// slow on the reaper thread while `SLOW_ON_REAPER` is set, `PANICS`
+/// always panics. (Marked values, not global switches, so that tests
+/// running in parallel do not disturb each other.)
+#[derive(Clone, Debug, PartialEq)]
+struct Probe(u32);
+
+impl Probe {
+    const SLOW: u32 = 1;
+    const PANICS: u32 = u32::MAX;
+}
+
+static SLOW_ON_REAPER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static REAPER_SERIALIZING: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+impl serde::Serialize for Probe {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let on_reaper = std::thread::current().name() == Some("idemcache-reaper");
+        if self.0 == Probe::SLOW && on_reaper && SLOW_ON_REAPER.load(SeqCst) {
+            REAPER_SERIALIZING.store(true, SeqCst);
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        assert!(self.0 != Probe::PANICS, "planted panic in Serialize");
+        serializer.serialize_u32(self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Probe {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        <u32 as serde::Deserialize>::deserialize(deserializer).map(Probe)
+    }
+}
+
+#[test]
+fn an_older_periodic_snapshot_never_replaces_a_newer_explicit_save() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = scratch_dir("ordering");
+    let path = dir.join("s.snapshot");
+    let cache: Cache<String, Probe> = Cache::builder()
+        .snapshot_every(&path, Duration::from_millis(10))
+        .build()
+        .unwrap();
+    cache.insert("k".into(), Probe(Probe::SLOW));
+    SLOW_ON_REAPER.store(true, SeqCst);
+    wait_until("the reaper serializing value 1", || {
+        REAPER_SERIALIZING.load(SeqCst)
+    });
+    cache.insert("k".into(), Probe(2));
+    cache.save_to(&path).unwrap(); // waits for the reaper's older save
+    SLOW_ON_REAPER.store(false, SeqCst);
+    drop(cache); // joins the reaper, whatever it was writing
+    let snapshot = Snapshot::<String, Probe>::load_from(&path).unwrap();
+    assert_eq!(snapshot.entries()[0].value, Probe(2));
+}
+
+#[test]
+fn a_panicking_serialize_is_recorded_and_the_background_thread_lives_on() {
+    let dir = scratch_dir("panicking_serialize");
+    let path = dir.join("s.snapshot");
+    let clock = ManualClock::new();
+    let cache: Cache<String, Probe> = Cache::builder()
+        .clock(clock.clone())
+        .time_to_live(SEC)
+        .snapshot_every(&path, Duration::from_millis(5))
+        .background_eviction(Duration::from_millis(5))
+        .build()
+        .unwrap();
+    cache.insert("k".into(), Probe(7));
+    cache.insert("bad".into(), Probe(Probe::PANICS));
+    wait_until("two failed saves", || {
+        cache.snapshot_status().unwrap().failed >= 2
+    });
+    cache.remove("bad");
+    let status = cache.snapshot_status().unwrap();
+    assert!(
+        status.last_error.as_deref().unwrap().contains("panicked"),
+        "{status:?}"
+    );
+    let saved = status.saved;
+    wait_until("a save after the panics", || {
+        cache.snapshot_status().unwrap().saved > saved
+    });
+    // The same thread still purges.
+    clock.advance(SEC);
+    wait_until("the purge", || cache.is_empty());
+}
+
+#[test]
+fn periodic_and_shutdown_saves_refuse_to_replace_a_file_the_cache_has_not_restored() {
+    let dir = scratch_dir("not_restored");
+    let path = dir.join("s.snapshot");
+    filled_cache(30).save_to(&path).unwrap(); // the previous run's records
+    let before = fs::read(&path).unwrap();
+
+    let cache: Cache<String, u32> = Cache::builder()
+        .snapshot_every(&path, Duration::from_millis(5))
+        .build()
+        .unwrap();
+    cache.insert("new".into(), 1);
+    wait_until("a refused save", || {
+        cache.snapshot_status().unwrap().skipped >= 1
+    });
+    let status = cache.snapshot_status().unwrap();
+    assert_eq!(status.saved, 0);
+    assert!(status.last_error.unwrap().contains("has not restored"));
+    assert_eq!(
+        fs::read(&path).unwrap(),
+        before,
+        "the records on disk are intact"
+    );
+    let err = cache.shutdown().unwrap_err();
+    assert!(
+        matches!(err, SnapshotError::WouldOverwrite { .. }),
+        "{err:?}"
+    );
+
+    // Once restored, saves go ahead and hold both.
+    assert_eq!(cache.load_from(&path).unwrap().restored, 30);
+    cache.shutdown().unwrap();
+    assert_eq!(Snapshot::<String, u32>::load_from(&path).unwrap().len(), 31);
+}
+
+#[test]
+fn an_explicit_save_replaces_a_file_the_cache_has_not_restored() {
+    let dir = scratch_dir("explicit_replaces");
+    let path = dir.join("s.snapshot");
+    filled_cache(30).save_to(&path).unwrap();
+    let cache: Cache<String, u32> = Cache::builder()
+        .snapshot_every(&path, Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    cache.insert("only".into(), 1);
+    cache.save_to(&path).unwrap(); // the user's explicit choice
+    cache.shutdown().unwrap(); // and periodic saves follow it
+    assert_eq!(Snapshot::<String, u32>::load_from(&path).unwrap().len(), 1);
+}
+
+/// A key whose hashing takes a while, so a restore of a few thousand of
+/// them spans many snapshot intervals.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct SlowKey(u32);
+
+impl std::hash::Hash for SlowKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        std::thread::sleep(Duration::from_micros(20));
+        self.0.hash(state);
+    }
+}
+
+#[test]
+fn no_save_writes_a_half_restored_cache() {
+    const RECORDS: u32 = 3_000;
+    let dir = scratch_dir("half_restored");
+    let path = dir.join("s.snapshot");
+    let expires_at = std::time::SystemTime::now() + SEC * 3600;
+    let records = (0..RECORDS)
+        .map(|i| idemcache::SnapshotEntry {
+            key: SlowKey(i),
+            value: i,
+            fingerprint: None,
+            expires_at,
+        })
+        .collect();
+    let snapshot = Snapshot::new(std::time::SystemTime::now(), records);
+    snapshot.save_to(&path).unwrap();
+    let cache: Cache<SlowKey, u32> = Cache::builder()
+        .snapshot_every(&path, Duration::from_millis(1))
+        .build()
+        .unwrap();
+    // Armed already (a completed restore), so saves would go ahead.
+    cache.restore(Snapshot::new(std::time::SystemTime::now(), Vec::new()));
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let mut loads = 0;
+    std::thread::scope(|s| {
+        let watcher = s.spawn(|| {
+            // Every file seen during the restore is a whole snapshot: the
+            // one restored (RECORDS) or the empty cache's (0).
+            let mut loads = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                if let Ok(seen) = Snapshot::<SlowKey, u32>::load_from(&path) {
+                    let n = seen.len() as u32;
+                    assert!(
+                        n == 0 || n == RECORDS,
+                        "a save wrote {n} of {RECORDS} records"
+                    );
+                    loads += 1;
+                }
+            }
+            loads
+        });
+        assert_eq!(cache.restore(snapshot).restored, RECORDS as usize);
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        loads = watcher.join().unwrap();
+    });
+    assert!(loads > 0);
+    cache.shutdown().unwrap();
+    assert_eq!(
+        Snapshot::<SlowKey, u32>::load_from(&path).unwrap().len(),
+        RECORDS as usize
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn the_temporary_file_is_never_followed_and_permissions_are_kept_private() {
+    use std::os::unix::fs::{PermissionsExt, symlink};
+    let dir = scratch_dir("permissions");
+    let path = dir.join("s.snapshot");
+    let victim = dir.join("victim");
+    fs::write(&victim, b"do not touch").unwrap();
+    symlink(&victim, dir.join(".s.snapshot.idemcache-tmp")).unwrap();
+    filled_cache(3).save_to(&path).unwrap();
+    assert_eq!(fs::read(&victim).unwrap(), b"do not touch");
+    assert!(
+        !fs::symlink_metadata(&path)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    let mode = |p: &std::path::Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&path), 0o600, "a new snapshot is private");
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
+    filled_cache(4).save_to(&path).unwrap();
+    assert_eq!(
+        mode(&path),
+        0o640,
+        "a replaced snapshot keeps its permissions"
+    );
+}
