@@ -20,6 +20,9 @@ use crate::sync::{Arc, Mutex, thread};
 /// so that no shard is locked for long.
 const PURGE_BATCH: usize = 256;
 
+/// Slab slots a snapshot copies per lock hold, for the same reason.
+const SNAPSHOT_BATCH: usize = 1024;
+
 /// An expiring, sharded, concurrent map from idempotency keys to results,
 /// with single-flight computation.
 ///
@@ -802,24 +805,63 @@ impl<K, V, S> Shared<K, V, S> {
     /// Copies every live entry into a snapshot, one shard at a time, with
     /// deadlines converted to wall-clock time. `copy` clones a record.
     pub(crate) fn take_snapshot(&self, copy: fn(&K, &V) -> (K, V)) -> Snapshot<K, V> {
+        self.take_snapshot_with(copy, || {})
+    }
+
+    /// [`take_snapshot`](Self::take_snapshot), calling `between_holds`
+    /// after each batch, with no lock held (tests use it to move entries
+    /// at exactly that moment).
+    fn take_snapshot_with(
+        &self,
+        copy: fn(&K, &V) -> (K, V),
+        mut between_holds: impl FnMut(),
+    ) -> Snapshot<K, V> {
         // One reading of both clocks for the whole snapshot, so deadlines
         // keep their order and spacing.
         let now = self.time.now();
         let system_now = self.time.system_now();
         let mut entries = Vec::new();
         for shard in self.shards.iter() {
-            let shard = shard.lock();
-            entries.reserve(shard.len());
-            shard.for_each_live(now, |entry, fingerprint| {
-                let (key, value) = copy(&entry.key, &entry.value);
-                let left = Duration::from_nanos(entry.deadline - now);
-                entries.push(SnapshotEntry {
-                    key,
-                    value,
-                    fingerprint,
-                    expires_at: system_time_after(system_now, left),
+            // In batches of slots, one short lock hold each, so requests
+            // to this shard wait microseconds rather than the time to copy
+            // it all. Should a compaction move entries between holds, the
+            // shard is copied again; after a few, in one hold.
+            let first = entries.len();
+            let mut from = Some(0);
+            let mut layout = None;
+            let mut restarts = 0;
+            while let Some(start) = from {
+                let guard = shard.lock();
+                if layout.is_some_and(|seen| seen != guard.layout()) {
+                    drop(guard);
+                    entries.truncate(first); // user `Drop`, after unlocking
+                    restarts += 1;
+                    layout = None;
+                    from = Some(0);
+                    continue;
+                }
+                layout = Some(guard.layout());
+                if start == 0 {
+                    entries.reserve(guard.len());
+                }
+                let batch = if restarts < 3 {
+                    SNAPSHOT_BATCH
+                } else {
+                    usize::MAX
+                };
+                from = guard.for_each_live(now, start, batch, |entry, fingerprint| {
+                    let (key, value) = copy(&entry.key, &entry.value);
+                    let left = Duration::from_nanos(entry.deadline - now);
+                    entries.push(SnapshotEntry {
+                        key,
+                        value,
+                        fingerprint,
+                        expires_at: system_time_after(system_now, left),
+                    });
                 });
-            });
+                drop(guard);
+                between_holds();
+            }
         }
         Snapshot::new(system_now, entries)
     }
@@ -1099,5 +1141,78 @@ where
         // Recorded in the status for `Cache::snapshot_status`.
         #[cfg(feature = "persistence")]
         let _ = self.persistence.save_periodic(self);
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+
+    #[test]
+    fn a_snapshot_copied_in_batches_misses_nothing_when_a_compaction_moves_entries() {
+        let clock = ManualClock::new();
+        let cache: Cache<u32, u32> = Cache::builder()
+            .shards(1)
+            .clock(clock.clone())
+            .hasher(ahash::RandomState::with_seeds(1, 2, 3, 4))
+            .build()
+            .unwrap();
+        let churn = 4 * SNAPSHOT_BATCH as u32;
+        for key in 0..churn {
+            cache.insert_with_ttl(key, key, Duration::from_secs(1));
+        }
+        // The records that must be in the snapshot sit in the last slots.
+        let stable = churn..churn + 100;
+        for key in stable.clone() {
+            cache.insert(key, key);
+        }
+        clock.advance(Duration::from_secs(2));
+        let mut holds = 0;
+        let snapshot = cache
+            .shared
+            .take_snapshot_with(crate::snapshot::copy_record, || {
+                holds += 1;
+                if holds == 1 {
+                    // Between the first two holds: reclaim the churn, which
+                    // leaves the slab 2% full, so it is compacted and the
+                    // stable records move to the first slots.
+                    assert_eq!(cache.purge_expired(), churn as usize);
+                }
+            });
+        let mut keys: Vec<u32> = snapshot.iter().map(|e| e.key).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, stable.collect::<Vec<_>>());
+        assert!(holds >= 2, "the shard was copied in several holds");
+    }
+
+    #[test]
+    fn a_shard_compacted_over_and_over_is_copied_in_one_hold_at_last() {
+        let clock = ManualClock::new();
+        let cache: Cache<u32, u32> = Cache::builder()
+            .shards(1)
+            .clock(clock.clone())
+            .hasher(ahash::RandomState::with_seeds(1, 2, 3, 4))
+            .build()
+            .unwrap();
+        let churn = 2 * SNAPSHOT_BATCH as u32;
+        let refill = |base: u32| {
+            for key in base..base + churn {
+                cache.insert_with_ttl(key, key, Duration::from_secs(1));
+            }
+        };
+        refill(1_000_000);
+        cache.insert(7, 7);
+        let mut round = 0;
+        let snapshot = cache
+            .shared
+            .take_snapshot_with(crate::snapshot::copy_record, || {
+                // After every hold: expire, compact and refill (no limit).
+                round += 1;
+                clock.advance(Duration::from_secs(2));
+                cache.purge_expired();
+                refill(1_000_000 * (round + 1));
+            });
+        assert!(snapshot.iter().any(|e| e.key == 7));
     }
 }

@@ -121,6 +121,20 @@ impl<K, V> Entries<K, V> {
         }
     }
 
+    /// Occupied slots among `slots` (clamped to the slab) and their
+    /// entries.
+    pub(crate) fn range(
+        &self,
+        slots: std::ops::Range<usize>,
+    ) -> impl Iterator<Item = (Slot, &Entry<K, V>)> {
+        let end = slots.end.min(self.slab.len());
+        let start = slots.start.min(end);
+        self.slab[start..end]
+            .iter()
+            .enumerate()
+            .filter_map(move |(i, e)| e.as_ref().map(|e| ((start + i) as Slot, e)))
+    }
+
     /// Occupied slots and their entries.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (Slot, &Entry<K, V>)> {
         self.slab

@@ -298,6 +298,8 @@ pub(crate) struct Shard<K, V> {
     next_seq: u32,
     /// Fencing tokens handed to flights; increases for every flight.
     next_token: u64,
+    /// Counts compactions (see [`layout`](Self::layout)).
+    layout: u64,
     /// Counters kept per shard, under the shard lock, so that counting
     /// costs no shared atomic on the hot path.
     pub(crate) stats: Stats,
@@ -311,6 +313,7 @@ impl<K, V> Shard<K, V> {
             flights: HashTable::new(),
             next_seq: 0,
             next_token: 1,
+            layout: 0,
             stats: Stats::default(),
         }
     }
@@ -575,16 +578,31 @@ impl<K, V> Shard<K, V> {
     /// Calls `visit` with every entry live at `now` and its fingerprint.
     /// Claims and computations in progress are flights, not entries: they
     /// are not visited.
+    ///
+    /// Visits the slots from `from`, at most `batch` of them, and returns
+    /// where to go on, or `None` at the end of the slab: a caller can copy
+    /// a large shard in short lock holds. Between holds, only
+    /// [`compact`](Self::compact) moves entries, and it changes
+    /// [`layout`](Self::layout): a caller that sees it change starts over.
     pub(crate) fn for_each_live(
         &self,
         now: u64,
+        from: usize,
+        batch: usize,
         mut visit: impl FnMut(&Entry<K, V>, Option<Fingerprint>),
-    ) {
-        for (slot, entry) in self.entries.iter() {
+    ) -> Option<usize> {
+        let end = from.saturating_add(batch);
+        for (slot, entry) in self.entries.range(from..end) {
             if now < entry.deadline {
                 visit(entry, self.entries.fingerprint(slot));
             }
         }
+        (end < self.entries.slots()).then_some(end)
+    }
+
+    /// Changes whenever entries move to other slots (a compaction).
+    pub(crate) fn layout(&self) -> u64 {
+        self.layout
     }
 
     fn next_token(&mut self) -> u64 {
@@ -1008,6 +1026,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         K: Hash,
     {
         if self.entries.compact_if_sparse(hasher) {
+            self.layout += 1;
             self.rebuild_queue();
         }
     }
