@@ -19,6 +19,13 @@ mod inner {
     pub(crate) mod thread {
         pub(crate) use std::thread::{Builder, JoinHandle, current, yield_now};
     }
+
+    /// Unlocks and hands the lock straight to a waiting thread, if any,
+    /// rather than letting the unlocking thread take it right back: for a
+    /// thread that works through a shard in batches.
+    pub(crate) fn unlock_fair<T>(guard: parking_lot::MutexGuard<'_, T>) {
+        parking_lot::MutexGuard::unlock_fair(guard);
+    }
 }
 
 #[cfg(loom)]
@@ -75,6 +82,11 @@ mod inner {
                 .as_deref_mut()
                 .expect("guard is present outside Condvar::wait")
         }
+    }
+
+    /// loom's mutex has no fairness to choose: a plain unlock.
+    pub(crate) fn unlock_fair<T>(guard: MutexGuard<'_, T>) {
+        drop(guard);
     }
 
     /// What a timed wait reports, as in parking_lot.
