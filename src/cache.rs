@@ -1152,15 +1152,21 @@ mod tests {
     use super::*;
     use crate::clock::ManualClock;
 
-    #[test]
-    fn a_snapshot_copied_in_batches_misses_nothing_when_a_compaction_moves_entries() {
+    /// One shard, so every key shares one slab; manual time.
+    fn one_shard() -> (Cache<u32, u32>, ManualClock) {
         let clock = ManualClock::new();
-        let cache: Cache<u32, u32> = Cache::builder()
+        let cache = Cache::builder()
             .shards(1)
             .clock(clock.clone())
             .hasher(ahash::RandomState::with_seeds(1, 2, 3, 4))
             .build()
             .unwrap();
+        (cache, clock)
+    }
+
+    #[test]
+    fn a_snapshot_copied_in_batches_misses_nothing_when_a_compaction_moves_entries() {
+        let (cache, clock) = one_shard();
         let churn = 32 * SNAPSHOT_BATCH as u32;
         for key in 0..churn {
             cache.insert_with_ttl(key, key, Duration::from_secs(1));
@@ -1191,13 +1197,7 @@ mod tests {
 
     #[test]
     fn a_shard_compacted_over_and_over_is_copied_in_one_hold_at_last() {
-        let clock = ManualClock::new();
-        let cache: Cache<u32, u32> = Cache::builder()
-            .shards(1)
-            .clock(clock.clone())
-            .hasher(ahash::RandomState::with_seeds(1, 2, 3, 4))
-            .build()
-            .unwrap();
+        let (cache, clock) = one_shard();
         let churn = 16 * SNAPSHOT_BATCH as u32;
         let refill = |base: u32| {
             for key in base..base + churn {

@@ -8,7 +8,7 @@ use std::convert::Infallible;
 use std::sync::{Arc, Barrier, mpsc};
 use std::time::Duration;
 
-use common::manual_cache;
+use common::{FRAGILE_HASH, FragileKey, manual_cache};
 use idemcache::Cache;
 
 const SEC: Duration = Duration::from_secs(1);
@@ -169,33 +169,17 @@ fn evicted_and_reclaimed_values_are_dropped() {
     assert_eq!(live.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
 
-/// A key whose `Hash` panics for key 0 while `PANICKING` is set: stored
-/// while unarmed, it makes every later growth of the index panic.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct FragileKey(u64);
-
-static PANICKING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-impl std::hash::Hash for FragileKey {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        if self.0 == 0 && PANICKING.load(std::sync::atomic::Ordering::SeqCst) {
-            panic!("planted panic in Hash");
-        }
-        self.0.hash(state);
-    }
-}
-
 #[test]
 fn a_panicking_hash_while_the_index_grows_leaks_no_room() {
     use std::panic::{AssertUnwindSafe, catch_unwind};
     use std::sync::atomic::Ordering;
     let (cache, _clock) = manual_cache::<FragileKey, u64>(SEC * 100, 1, Some(100));
     cache.insert(FragileKey(0), 0);
-    PANICKING.store(true, Ordering::SeqCst);
+    FRAGILE_HASH.store(true, Ordering::SeqCst);
     let panicked = (1..60)
         .filter(|&i| catch_unwind(AssertUnwindSafe(|| cache.insert(FragileKey(i), i))).is_err())
         .count();
-    PANICKING.store(false, Ordering::SeqCst);
+    FRAGILE_HASH.store(false, Ordering::SeqCst);
     assert!(panicked > 0, "the index grew at least once");
     let stored = (0..60)
         .filter(|&i| cache.contains_key(&FragileKey(i)))

@@ -229,19 +229,24 @@ fn racing_writers_keep_len_and_bound_consistent() {
     });
 }
 
+/// One shard and a reaper thread (whose wait never times out under loom).
+fn cache_with_reaper() -> TestCache {
+    Cache::builder()
+        .shards(1)
+        .clock(ManualClock::new())
+        .hasher(ahash::RandomState::with_seeds(1, 2, 3, 4))
+        .background_eviction(Duration::from_secs(1))
+        .build()
+        .unwrap()
+}
+
 /// Model 7: the reaper's shutdown racing the last handle's drop: the thread
 /// always exits (loom has no timeouts, so only a notification ends its
 /// wait; a missed one shows up as a deadlock).
 #[test]
 fn reaper_always_exits_when_the_last_handle_drops() {
     loom::model(|| {
-        let cache: TestCache = Cache::builder()
-            .shards(1)
-            .clock(ManualClock::new())
-            .hasher(ahash::RandomState::with_seeds(1, 2, 3, 4))
-            .background_eviction(Duration::from_secs(1))
-            .build()
-            .unwrap();
+        let cache = cache_with_reaper();
         let other = cache.clone();
         let dropper = thread::spawn(move || drop(other));
         drop(cache);
@@ -255,13 +260,7 @@ fn reaper_always_exits_when_the_last_handle_drops() {
 #[test]
 fn shutdown_racing_shutdown_and_drop_always_stops_the_reaper() {
     loom::model(|| {
-        let cache: TestCache = Cache::builder()
-            .shards(1)
-            .clock(ManualClock::new())
-            .hasher(ahash::RandomState::with_seeds(1, 2, 3, 4))
-            .background_eviction(Duration::from_secs(1))
-            .build()
-            .unwrap();
+        let cache = cache_with_reaper();
         let racing = cache.clone();
         let dropped = cache.clone();
         let shutdown = thread::spawn(move || racing.shutdown().unwrap());

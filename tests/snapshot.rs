@@ -12,7 +12,7 @@ use std::fmt::Debug;
 use std::hash::Hash;
 use std::time::{Duration, SystemTime};
 
-use common::manual_cache;
+use common::{FRAGILE_HASH, FragileKey, manual_cache};
 use idemcache::clock::{Clock, ManualClock};
 use idemcache::{Cache, Claim, Fingerprint, RestoreReport, Snapshot, SnapshotEntry};
 use serde::Serialize;
@@ -447,21 +447,6 @@ fn json_spells_fingerprints_as_hex_and_deadlines_as_system_times() {
     let _: SystemTime = serde_json::from_value(entry["expires_at"].clone()).unwrap();
 }
 
-/// A key whose `Hash` panics for key 0 while `PANICKING` is set.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
-struct FragileKey(u64);
-
-static PANICKING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-impl Hash for FragileKey {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        if self.0 == 0 && PANICKING.load(std::sync::atomic::Ordering::SeqCst) {
-            panic!("planted panic in Hash");
-        }
-        self.0.hash(state);
-    }
-}
-
 #[test]
 fn a_panicking_hash_during_restore_leaks_no_room() {
     use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -470,7 +455,7 @@ fn a_panicking_hash_during_restore_leaks_no_room() {
     let cache = manual_cache_on::<FragileKey, u64>(&clock, SEC * 60, Some(100));
     cache.insert(FragileKey(0), 0);
     let expires_at = clock.system_time() + SEC * 30;
-    PANICKING.store(true, SeqCst);
+    FRAGILE_HASH.store(true, SeqCst);
     let mut panicked = 0;
     for i in 1..60 {
         let one = Snapshot::new(
@@ -486,7 +471,7 @@ fn a_panicking_hash_during_restore_leaks_no_room() {
             panicked += 1;
         }
     }
-    PANICKING.store(false, SeqCst);
+    FRAGILE_HASH.store(false, SeqCst);
     assert!(panicked > 0, "the index grew at least once");
     let stored = (0..60)
         .filter(|&i| cache.contains_key(&FragileKey(i)))

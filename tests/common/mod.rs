@@ -74,3 +74,21 @@ impl PartialEq for Tracked {
         self.id == other.id
     }
 }
+
+/// A key whose `Hash` panics for key 0 while [`FRAGILE_HASH`] is set:
+/// stored while it is clear, key 0 then makes every growth of its shard's
+/// index panic (growing rehashes the stored keys).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FragileKey(pub u64);
+
+/// Arms [`FragileKey`]'s panic (one flag per test binary).
+pub static FRAGILE_HASH: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+impl std::hash::Hash for FragileKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        if self.0 == 0 && FRAGILE_HASH.load(Ordering::SeqCst) {
+            panic!("planted panic in Hash");
+        }
+        self.0.hash(state);
+    }
+}
