@@ -151,18 +151,27 @@ impl<K, V, S> CacheBuilder<K, V, S> {
     ///
     /// **What a crash can lose:** records completed after the last
     /// successful save, so up to `interval` of them plus the time a save
-    /// takes. A graceful stop that calls [`Cache::shutdown`] loses none.
+    /// takes, while saves succeed (watch [`Cache::snapshot_status`]: saves
+    /// that fail or are skipped widen the window). A graceful stop that
+    /// calls [`Cache::shutdown`] loses none.
     ///
-    /// Load the file back with [`Cache::load_from`] when the process
-    /// starts, before serving. Until this cache has restored a snapshot
-    /// (or saved to `path` explicitly with [`Cache::save_to`]), periodic and
-    /// shutdown saves do not replace an existing file at `path`: they are
-    /// skipped with [`SnapshotError::WouldOverwrite`](crate::SnapshotError::WouldOverwrite)
+    /// Load the file back with [`Cache::load_from`]`(path)` when the
+    /// process starts, before serving. Until this cache has loaded that
+    /// file (or saved to `path` explicitly with [`Cache::save_to`]),
+    /// periodic and shutdown saves do not replace an existing file at
+    /// `path`: they are skipped with
+    /// [`SnapshotError::WouldOverwrite`](crate::SnapshotError::WouldOverwrite)
     /// (counted in [`SnapshotStatus::skipped`](crate::SnapshotStatus::skipped)),
-    /// so a service that forgot to load, or whose load failed, does not
-    /// erase the previous run's records. No save runs while a restore
-    /// does, and saves of one cache never overtake each other. Each save
-    /// copies and writes the whole cache: intervals of seconds suit it.
+    /// so a service that forgot to load, whose load failed, or that
+    /// restored something else does not erase the previous run's records.
+    /// No save runs while a restore does, and saves of one cache never
+    /// overtake each other. Each save copies and writes the whole cache:
+    /// intervals of seconds suit it.
+    ///
+    /// Keys' and values' `Hash`, `Eq`, `Clone`, `Serialize` and `Drop` must
+    /// not call this cache's `save_to`, `load_from`, `restore` or
+    /// `shutdown`: those wait for the save or restore in progress, which
+    /// would be waiting for them.
     ///
     /// `interval` must be non-zero, and `path` must name a file in an
     /// existing directory; [`build`](Self::build) checks both and makes

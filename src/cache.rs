@@ -1002,8 +1002,6 @@ where
                 Restored::Full => report.refused_capacity += 1,
             }
         }
-        #[cfg(feature = "persistence")]
-        self.persistence.restored();
         report
     }
 
@@ -1060,11 +1058,13 @@ where
             loop {
                 let mut grave = Graveyard::new();
                 let now = self.time.now();
-                let reclaimed =
-                    shard
-                        .lock()
-                        .reclaim_due(now, PURGE_BATCH, &self.hasher, &mut grave);
-                self.release(reclaimed.entries);
+                let reclaimed = shard.lock().reclaim_due(
+                    now,
+                    PURGE_BATCH,
+                    self.limit.as_ref(),
+                    &self.hasher,
+                    &mut grave,
+                );
                 total += reclaimed.entries;
                 drop(grave);
                 if !reclaimed.more_due {

@@ -177,13 +177,14 @@
 //!   type, I/O) instead of a partial restore or a panic.
 //! - [`CacheBuilder::snapshot_every`] saves on the background thread every
 //!   interval; [`Cache::shutdown`] saves a final snapshot. **A crash loses
-//!   the records completed since the last save** (at most one interval
-//!   plus a save's duration); a graceful stop that calls `shutdown` loses
-//!   none. A failed periodic save keeps the previous file, is retried next
-//!   interval and shows in [`Cache::snapshot_status`]. Saves of one cache
-//!   never overtake each other, none runs during a restore, and until the
-//!   cache has restored a snapshot, periodic and shutdown saves will not
-//!   replace an existing file ([`SnapshotError::WouldOverwrite`]): records
+//!   the records completed since the last successful save** (at most one
+//!   interval plus a save's duration while saves succeed); a graceful stop
+//!   that calls `shutdown` loses none. A failed periodic save keeps the
+//!   previous file, is retried next interval and shows in
+//!   [`Cache::snapshot_status`]. Saves of one cache never overtake each
+//!   other, none runs during a restore, and until the cache has loaded
+//!   the file ([`Cache::load_from`] with that path), periodic and shutdown
+//!   saves will not replace it ([`SnapshotError::WouldOverwrite`]): records
 //!   a service forgot to load stay on disk.
 //!
 //! ```

@@ -11,12 +11,17 @@
 //!    inside the file writer only orders the writes, not the snapshots).
 //! 2. **No periodic save during a restore.** A restore holds the same lock,
 //!    so the file is never replaced by a half-restored cache.
-//! 3. **No periodic save over records the cache has not loaded.** Until a
-//!    restore has completed (or the user saved explicitly), periodic and
+//! 3. **No periodic save over records the cache has not loaded.** Until
+//!    the cache has loaded that very file (`Cache::load_from` with the
+//!    periodic path) or the user saved to it explicitly, periodic and
 //!    shutdown saves refuse to replace an existing file
 //!    ([`SnapshotError::WouldOverwrite`]): a service that forgot to call
-//!    `load_from`, or whose load failed, keeps the previous records on disk
-//!    for someone to recover.
+//!    `load_from`, whose load failed, or that restored something else,
+//!    keeps the previous records on disk for someone to recover.
+//!
+//! The save lock is held while keys' and values' `Clone` and `Serialize`
+//! run (saves) and while replaced values are dropped (restores); values
+//! taken for a save are dropped after it is released.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
@@ -43,15 +48,21 @@ impl<K, V> Persistence<K, V> {
         }
     }
 
-    /// For a restore: no save may run until the guard is dropped; then
-    /// [`restored`](Self::restored).
+    /// For a restore: no save may run until the guard is dropped.
     pub(crate) fn lock_for_restore(&self) -> impl Sized + '_ {
         self.save_lock.lock()
     }
 
-    /// A restore completed: the cache holds what the file held (rule 3).
-    pub(crate) fn restored(&self) {
-        if let Some(periodic) = &self.periodic {
+    /// `Cache::load_from(path)` restored the file at `path`: if that is the
+    /// periodic file, the cache now holds its records (rule 3).
+    pub(crate) fn loaded_from(&self, path: &Path) {
+        self.arm_if_periodic(path);
+    }
+
+    fn arm_if_periodic(&self, path: &Path) {
+        if let Some(periodic) = &self.periodic
+            && std::path::absolute(path).is_ok_and(|path| path == periodic.path)
+        {
             periodic.state.lock().armed = true;
         }
     }
@@ -66,65 +77,71 @@ impl<K, V> Persistence<K, V> {
     ) -> Result<T, SnapshotError> {
         let _saving = self.save_lock.lock();
         let saved = save()?;
-        if let Some(periodic) = &self.periodic
-            && std::path::absolute(path).is_ok_and(|path| path == periodic.path)
-        {
-            periodic.state.lock().armed = true;
-        }
+        self.arm_if_periodic(path);
         Ok(saved)
     }
 
     /// The periodic (or shutdown) save, under the save lock; see the module
-    /// docs. Never panics: a panicking `Clone` or `Serialize` is recorded
-    /// as a failure, so the background thread lives on.
+    /// docs. Never panics: a panicking `Clone`, `Serialize` or `Drop` of a
+    /// key or value is recorded as a failure or ignored, so the background
+    /// thread lives on.
     pub(crate) fn save_periodic<S>(&self, shared: &Shared<K, V, S>) -> Result<(), SnapshotError> {
         let Some(periodic) = &self.periodic else {
             return Ok(());
         };
-        let _saving = self.save_lock.lock();
-        let armed = periodic.state.lock().armed;
-        // Rule 3: a file this cache has not loaded holds records it would
-        // lose. (`symlink_metadata`: anything at the path counts.)
-        if !armed && std::fs::symlink_metadata(&periodic.path).is_ok() {
-            let refused = SnapshotError::WouldOverwrite {
-                path: periodic.path.clone(),
-            };
+        let (result, taken) = {
+            let _saving = self.save_lock.lock();
+            // Rule 3: a file this cache has not loaded holds records it
+            // would lose. (`metadata` follows a symlink, as saves do: a
+            // dangling one holds nothing.)
+            if !periodic.state.lock().armed && std::fs::metadata(&periodic.path).is_ok() {
+                let refused = SnapshotError::WouldOverwrite {
+                    path: periodic.path.clone(),
+                };
+                let mut state = periodic.state.lock();
+                state.status.skipped += 1;
+                state.status.last_error = Some(refused.to_string());
+                return Err(refused);
+            }
+            let saved = catch_unwind(AssertUnwindSafe(|| {
+                let snapshot = shared.take_snapshot(periodic.copy);
+                ((periodic.save)(&snapshot, &periodic.path), snapshot)
+            }));
             let mut state = periodic.state.lock();
-            state.status.skipped += 1;
-            state.status.last_error = Some(refused.to_string());
-            return Err(refused);
-        }
-        let saved = catch_unwind(AssertUnwindSafe(|| {
-            let snapshot = shared.take_snapshot(periodic.copy);
-            (periodic.save)(&snapshot, &periodic.path).map(|()| snapshot)
-        }))
-        .unwrap_or_else(|panic| {
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a panic".to_string());
-            Err(SnapshotError::Encode {
-                reason: format!("a key's or value's Clone or Serialize panicked: {message}"),
-            })
-        });
-        let mut state = periodic.state.lock();
-        match saved {
-            Ok(snapshot) => {
-                state.armed = true;
-                state.status.saved += 1;
-                state.status.last_saved_at = Some(snapshot.taken_at());
-                state.status.last_saved_records = snapshot.len();
-                drop(state);
-                drop(snapshot); // user `Drop` code, with only the save lock held
-                Ok(())
+            match saved {
+                Ok((Ok(()), snapshot)) => {
+                    state.armed = true;
+                    state.status.saved += 1;
+                    state.status.last_saved_at = Some(snapshot.taken_at());
+                    state.status.last_saved_records = snapshot.len();
+                    (Ok(()), Some(snapshot))
+                }
+                Ok((Err(e), snapshot)) => {
+                    state.status.failed += 1;
+                    state.status.last_error = Some(e.to_string());
+                    (Err(e), Some(snapshot))
+                }
+                Err(panic) => {
+                    let message = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "a panic".to_string());
+                    let e = SnapshotError::Encode {
+                        reason: format!(
+                            "a key's or value's Clone or Serialize panicked: {message}"
+                        ),
+                    };
+                    state.status.failed += 1;
+                    state.status.last_error = Some(e.to_string());
+                    (Err(e), None)
+                }
             }
-            Err(e) => {
-                state.status.failed += 1;
-                state.status.last_error = Some(e.to_string());
-                Err(e)
-            }
-        }
+        };
+        // Dropped after the save lock is released (user `Drop` code may use
+        // the cache); a panic there must not end the background thread.
+        let _ = catch_unwind(AssertUnwindSafe(move || drop(taken)));
+        result
     }
 }
 

@@ -413,10 +413,15 @@ impl<K, V> Shard<K, V> {
 
     /// Pops due queue items (deadline `<= now`) and reclaims the expired
     /// entries they point to, looking at no more than `budget` items.
+    ///
+    /// Each reclaimed entry's unit goes back to `limit` at once, so that a
+    /// panicking `Hash` (user code, run before each item is popped) part
+    /// way through a batch leaks none.
     pub(crate) fn reclaim_due<S: BuildHasher>(
         &mut self,
         now: u64,
         budget: usize,
+        limit: Option<&Limit>,
         hasher: &S,
         grave: &mut Graveyard<K, V>,
     ) -> Reclaimed
@@ -432,6 +437,10 @@ impl<K, V> Shard<K, V> {
                 Some(Some(entry)) => {
                     grave.bury(entry);
                     reclaimed.entries += 1;
+                    self.stats.expirations += 1;
+                    if let Some(limit) = limit {
+                        limit.release(1);
+                    }
                 }
                 Some(None) => {} // a stale item
                 None => {
@@ -440,7 +449,6 @@ impl<K, V> Shard<K, V> {
                 }
             }
         }
-        self.stats.expirations += reclaimed.entries as u64;
         reclaimed
     }
 
@@ -768,8 +776,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         if let Some(limit) = limit
             && !inherited_unit
         {
-            let reclaimed = self.reclaim_due(now, WRITE_RECLAIM_BUDGET, hasher, grave);
-            limit.release(reclaimed.entries);
+            self.reclaim_due(now, WRITE_RECLAIM_BUDGET, Some(limit), hasher, grave);
             if !limit.try_acquire() && !self.give_up_one(now, limit.evicts_live, hasher, grave) {
                 return (ClaimLookup::NeedRoom, Some(key));
             }
@@ -1003,10 +1010,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         hasher: &S,
         grave: &mut Graveyard<K, V>,
     ) {
-        let reclaimed = self.reclaim_due(now, WRITE_RECLAIM_BUDGET, hasher, grave);
-        if let Some(limit) = limit {
-            limit.release(reclaimed.entries);
-        }
+        self.reclaim_due(now, WRITE_RECLAIM_BUDGET, limit, hasher, grave);
     }
 
     fn push_due(&mut self, item: Due) {
@@ -1097,12 +1101,17 @@ mod tests {
         shard.next_seq = u32::MAX; // 2^32 writes later
         put(&mut shard, 2, 1_000_000, 0); // slot 0 again; the counter wraps
         let mut grave = Graveyard::new();
-        assert_eq!(shard.reclaim_due(1_000, 8, &h, &mut grave).entries, 0);
+        assert_eq!(shard.reclaim_due(1_000, 8, None, &h, &mut grave).entries, 0);
         assert!(
             shard.is_stored(h.hash_one(2u64), &2u64),
             "the live entry survives"
         );
-        assert_eq!(shard.reclaim_due(1_000_000, 8, &h, &mut grave).entries, 1);
+        assert_eq!(
+            shard
+                .reclaim_due(1_000_000, 8, None, &h, &mut grave)
+                .entries,
+            1
+        );
     }
 
     #[test]
@@ -1134,13 +1143,13 @@ mod tests {
         assert!(matches!(stored, WriteResult::Stored));
         ARMED.store(true, Ordering::SeqCst);
         let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            shard.reclaim_due(10, 8, &h, &mut Graveyard::new());
+            shard.reclaim_due(10, 8, None, &h, &mut Graveyard::new());
         }));
         ARMED.store(false, Ordering::SeqCst);
         assert!(unwound.is_err());
         assert_eq!(shard.queue_len(), 1, "the item is still queued");
         assert_eq!(
-            shard.reclaim_due(10, 8, &h, &mut grave).entries,
+            shard.reclaim_due(10, 8, None, &h, &mut grave).entries,
             1,
             "and still reclaimable"
         );
@@ -1154,7 +1163,10 @@ mod tests {
             put(&mut shard, key, if key < 990 { 5 } else { 50 }, 0);
         }
         let mut grave = Graveyard::new();
-        assert_eq!(shard.reclaim_due(10, 10_000, &h, &mut grave).entries, 990);
+        assert_eq!(
+            shard.reclaim_due(10, 10_000, None, &h, &mut grave).entries,
+            990
+        );
         shard.compact(&h);
         assert_eq!(
             shard.entries.slots(),
@@ -1165,7 +1177,7 @@ mod tests {
         for key in 990..1_000 {
             assert!(shard.is_stored(h.hash_one(key), &key));
         }
-        assert_eq!(shard.reclaim_due(50, 100, &h, &mut grave).entries, 10);
+        assert_eq!(shard.reclaim_due(50, 100, None, &h, &mut grave).entries, 10);
         assert_eq!(shard.len(), 0);
     }
 
@@ -1176,9 +1188,9 @@ mod tests {
             put(&mut shard, key, 5, 0);
         }
         let mut grave = Graveyard::new();
-        let first = shard.reclaim_due(5, 4, &hasher(), &mut grave);
+        let first = shard.reclaim_due(5, 4, None, &hasher(), &mut grave);
         assert_eq!((first.entries, first.more_due), (4, true));
-        let rest = shard.reclaim_due(5, 100, &hasher(), &mut grave);
+        let rest = shard.reclaim_due(5, 100, None, &hasher(), &mut grave);
         assert_eq!((rest.entries, rest.more_due), (6, false));
         assert_eq!(grave.spill.len(), 6, "entries past the inline slots spill");
         assert_eq!(shard.len(), 0);

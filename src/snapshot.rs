@@ -160,10 +160,13 @@ where
     /// wall-clock deadline. Claims and computations in progress are not
     /// included, nor are expired entries.
     ///
-    /// Shards are copied one at a time, each under its lock (keys and
-    /// values are cloned there: wrap large values in `Arc`), so a snapshot
-    /// is consistent per shard; a write racing the snapshot may or may not
-    /// be in it.
+    /// Shards are copied one at a time, in batches of slots, each batch
+    /// under the shard's lock (keys and values are cloned there: wrap large
+    /// values in `Arc`), so requests wait microseconds, not the time to copy
+    /// a shard. Every record that is neither written nor removed while the
+    /// snapshot runs is in it exactly once. A record written meanwhile may
+    /// be missing, or be there twice (its old and new versions: a
+    /// [restore](Cache::restore) keeps the one with the later deadline).
     ///
     /// ```
     /// use idemcache::Cache;

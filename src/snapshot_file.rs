@@ -88,7 +88,8 @@ impl<K: Serialize, V: Serialize> Snapshot<K, V> {
     /// One process should write a given path at a time; writes within one
     /// process are serialized. A new file is readable by its owner only
     /// (`0600` on Unix); a replaced one keeps its permissions. A symlink at
-    /// `path` is replaced, not followed.
+    /// `path` is followed (as [`load_from`](Self::load_from) follows it):
+    /// the file it leads to is replaced, and the link stays.
     ///
     /// # Errors
     ///
@@ -214,11 +215,13 @@ where
         let path = path.as_ref();
         // Under the cache's save lock: an older snapshot (a periodic save
         // in progress) is never written over this one.
-        self.shared.persistence.save_explicitly(path, || {
-            let snapshot = self.snapshot();
-            snapshot.save_to(path)?;
-            Ok(snapshot.len())
-        })
+        let mut taken = None;
+        let saved = self.shared.persistence.save_explicitly(path, || {
+            let snapshot = taken.insert(self.snapshot());
+            snapshot.save_to(path).map(|()| snapshot.len())
+        });
+        drop(taken); // user `Drop` code, after the save lock
+        saved
     }
 }
 
@@ -230,15 +233,23 @@ where
 {
     /// [Loads](Snapshot::load_from) the snapshot at `path` and
     /// [restores](Cache::restore) it. Nothing is restored unless the whole
-    /// file verifies.
+    /// file verifies. Loading the cache's
+    /// [periodic snapshot](crate::CacheBuilder::snapshot_every) file lets
+    /// its saves replace that file (before, they refuse:
+    /// [`SnapshotError::WouldOverwrite`]).
     ///
     /// # Errors
     ///
     /// As [`Snapshot::load_from`]; on a first start the file does not exist
     /// yet ([`SnapshotError::is_not_found`]).
     pub fn load_from(&self, path: impl AsRef<Path>) -> Result<RestoreReport, SnapshotError> {
+        let path = path.as_ref();
         let snapshot = Snapshot::load_from(path)?;
-        Ok(self.restore(snapshot))
+        let report = self.restore(snapshot);
+        // The periodic file's records are in the cache now: its saves may
+        // replace it.
+        self.shared.persistence.loaded_from(path);
+        Ok(report)
     }
 }
 
@@ -411,6 +422,12 @@ static SAVE_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Replaces `path` with `bytes` atomically; see the module docs.
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), SnapshotError> {
+    // A symlink is followed, as `load_from` follows it: the file it points
+    // to is replaced, in its own directory, and the link stays.
+    let path = &follow_symlinks(path).map_err(|source| SnapshotError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let invalid = |what: &str| SnapshotError::Io {
         path: path.to_path_buf(),
         source: io::Error::new(io::ErrorKind::InvalidInput, what.to_string()),
@@ -442,6 +459,25 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Snapshot
         return renamed;
     }
     sync_directory(&dir).map_err(at(&dir))
+}
+
+/// Where `path` leads through symlinks (to a file that need not exist).
+fn follow_symlinks(path: &Path) -> io::Result<PathBuf> {
+    let mut path = path.to_path_buf();
+    // The limit Linux puts on a chain of links.
+    for _ in 0..40 {
+        match fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                let target = fs::read_link(&path)?;
+                path = match path.parent() {
+                    Some(dir) if target.is_relative() => dir.join(target),
+                    _ => target,
+                };
+            }
+            _ => return Ok(path),
+        }
+    }
+    Err(io::Error::other("too many levels of symbolic links"))
 }
 
 /// Creates the temporary file afresh (`create_new`: never through a

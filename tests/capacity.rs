@@ -172,6 +172,7 @@ fn evicted_and_reclaimed_values_are_dropped() {
 #[test]
 fn a_panicking_hash_while_the_index_grows_leaks_no_room() {
     use std::panic::{AssertUnwindSafe, catch_unwind};
+    let _serial = common::fragile_serial();
     use std::sync::atomic::Ordering;
     let (cache, _clock) = manual_cache::<FragileKey, u64>(SEC * 100, 1, Some(100));
     cache.insert(FragileKey(0), 0);
@@ -190,5 +191,32 @@ fn a_panicking_hash_while_the_index_grows_leaks_no_room() {
     for i in 100..(200 - stored as u64) {
         cache.insert(FragileKey(i), i);
     }
+    assert_eq!(cache.stats().evictions, 0);
+}
+
+#[test]
+fn a_panicking_hash_part_way_through_a_purge_leaks_no_room() {
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    let _serial = common::fragile_serial();
+    use std::sync::atomic::Ordering;
+    let (cache, clock) = manual_cache::<FragileKey, u64>(SEC, 1, Some(10));
+    // Deadline order 1, 2, 0, 3: the purge reclaims 1 and 2, then panics
+    // hashing 0.
+    for key in [1, 2, 0, 3] {
+        cache.insert(FragileKey(key), key);
+    }
+    cache.insert_with_ttl(FragileKey(9), 9, SEC * 100);
+    clock.advance(SEC * 2);
+    FRAGILE_HASH.store(true, Ordering::SeqCst);
+    let purge = catch_unwind(AssertUnwindSafe(|| cache.purge_expired()));
+    FRAGILE_HASH.store(false, Ordering::SeqCst);
+    assert!(purge.is_err(), "the planted panic fired");
+    assert_eq!(cache.purge_expired(), 2, "0 and 3 are still reclaimable");
+    assert_eq!(cache.len(), 1);
+    // All ten units are free but one: nine new keys fit without eviction.
+    for key in 100..109 {
+        cache.insert(FragileKey(key), key);
+    }
+    assert_eq!(cache.len(), 10);
     assert_eq!(cache.stats().evictions, 0);
 }

@@ -450,6 +450,7 @@ fn json_spells_fingerprints_as_hex_and_deadlines_as_system_times() {
 #[test]
 fn a_panicking_hash_during_restore_leaks_no_room() {
     use std::panic::{AssertUnwindSafe, catch_unwind};
+    let _serial = common::fragile_serial();
     use std::sync::atomic::Ordering::SeqCst;
     let clock = ManualClock::new();
     let cache = manual_cache_on::<FragileKey, u64>(&clock, SEC * 60, Some(100));

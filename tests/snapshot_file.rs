@@ -509,8 +509,22 @@ fn periodic_and_shutdown_saves_refuse_to_replace_a_file_the_cache_has_not_restor
         "{err:?}"
     );
 
-    // Once restored, saves go ahead and hold both.
-    assert_eq!(cache.load_from(&path).unwrap().restored, 30);
+    // Restoring something else is not loading this file.
+    let other = dir.join("other.snapshot");
+    filled_cache(2).save_to(&other).unwrap();
+    assert_eq!(cache.load_from(&other).unwrap().restored, 2);
+    cache.restore(Snapshot::new(std::time::SystemTime::now(), Vec::new()));
+    let err = cache.shutdown().unwrap_err();
+    assert!(
+        matches!(err, SnapshotError::WouldOverwrite { .. }),
+        "{err:?}"
+    );
+    assert_eq!(fs::read(&path).unwrap(), before);
+
+    // Once this file is loaded, saves go ahead and hold everything: its 30
+    // records ("key-0".."key-29", which include the other file's two keys)
+    // and "new".
+    assert_eq!(cache.load_from(&path).unwrap().restored, 28);
     cache.shutdown().unwrap();
     assert_eq!(Snapshot::<String, u32>::load_from(&path).unwrap().len(), 31);
 }
@@ -556,14 +570,17 @@ fn no_save_writes_a_half_restored_cache() {
             expires_at,
         })
         .collect();
-    let snapshot = Snapshot::new(std::time::SystemTime::now(), records);
-    snapshot.save_to(&path).unwrap();
+    Snapshot::new(std::time::SystemTime::now(), records)
+        .save_to(&path)
+        .unwrap();
     let cache: Cache<SlowKey, u32> = Cache::builder()
         .snapshot_every(&path, Duration::from_millis(1))
         .build()
         .unwrap();
-    // Armed already (a completed restore), so saves would go ahead.
-    cache.restore(Snapshot::new(std::time::SystemTime::now(), Vec::new()));
+    // An explicit save (of the empty cache) lets periodic saves replace
+    // the file; the records to restore are in memory.
+    let snapshot = Snapshot::<SlowKey, u32>::load_from(&path).unwrap();
+    cache.save_to(&path).unwrap();
     let stop = std::sync::atomic::AtomicBool::new(false);
     let mut loads = 0;
     std::thread::scope(|s| {
@@ -620,5 +637,54 @@ fn the_temporary_file_is_never_followed_and_permissions_are_kept_private() {
         mode(&path),
         0o640,
         "a replaced snapshot keeps its permissions"
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn a_symlinked_snapshot_path_is_followed_by_saves_as_by_loads() {
+    use std::os::unix::fs::symlink;
+    let dir = scratch_dir("symlinked");
+    fs::create_dir(dir.join("volume")).unwrap();
+    let target = dir.join("volume").join("real.snapshot");
+    let link = dir.join("s.snapshot");
+    // Dangling at first: a first start, and the first save creates the
+    // file the link names.
+    symlink("volume/real.snapshot", &link).unwrap();
+    let cache: Cache<String, u32> = Cache::builder()
+        .snapshot_every(&link, Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    assert!(cache.load_from(&link).unwrap_err().is_not_found());
+    cache.insert("a".into(), 1);
+    cache.shutdown().unwrap();
+    assert!(
+        fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(
+        Snapshot::<String, u32>::load_from(&target).unwrap().len(),
+        1
+    );
+
+    // Live: loaded through the link, saved through it again.
+    let restarted: Cache<String, u32> = Cache::builder()
+        .snapshot_every(&link, Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    assert_eq!(restarted.load_from(&link).unwrap().restored, 1);
+    restarted.insert("b".into(), 2);
+    restarted.shutdown().unwrap();
+    assert!(
+        fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(
+        Snapshot::<String, u32>::load_from(&target).unwrap().len(),
+        2
     );
 }

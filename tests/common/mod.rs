@@ -81,8 +81,16 @@ impl PartialEq for Tracked {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FragileKey(pub u64);
 
-/// Arms [`FragileKey`]'s panic (one flag per test binary).
+/// Arms [`FragileKey`]'s panic (one flag per test binary). Tests that set
+/// it hold [`fragile_serial`] first, so tests running in parallel do not
+/// see each other's panics.
 pub static FRAGILE_HASH: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Serializes the tests of one binary that arm [`FRAGILE_HASH`].
+pub fn fragile_serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 impl std::hash::Hash for FragileKey {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
