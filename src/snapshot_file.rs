@@ -454,7 +454,7 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Snapshot
     let written = write_and_sync(&temp, path, bytes).map_err(at(&temp));
     let renamed = written.and_then(|()| fs::rename(&temp, path).map_err(at(path)));
     if renamed.is_err() {
-        // Best effort: the temporary file is never read, only overwritten.
+        // Best effort: a leftover is never read, and the next save removes it.
         let _ = fs::remove_file(&temp);
         return renamed;
     }
