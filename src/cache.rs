@@ -229,7 +229,7 @@ impl<K, V, S> Cache<K, V, S> {
             // read one shard at a time, could be), and exact when writes
             // are done. Claims in progress hold room but are not entries.
             Some(limit) => limit.entries(),
-            None => self.shared.shards.iter().map(|s| s.lock().len()).sum(),
+            None => self.shared.stored_entries(),
         }
     }
 
@@ -822,8 +822,7 @@ impl<K, V, S> Shared<K, V, S> {
         let system_now = self.time.system_now();
         // Sized up front, so that no push reallocates (copies everything
         // copied so far) while a shard is locked.
-        let stored: usize = self.shards.iter().map(|s| s.lock().len()).sum();
-        let mut entries = Vec::with_capacity(stored);
+        let mut entries = Vec::with_capacity(self.stored_entries());
         for shard in self.shards.iter() {
             // In batches of slots, one short lock hold each, so requests
             // to this shard wait microseconds rather than the time to copy
@@ -867,6 +866,11 @@ impl<K, V, S> Shared<K, V, S> {
             }
         }
         Snapshot::new(system_now, entries)
+    }
+
+    /// Entries stored, summed shard by shard (one lock at a time).
+    pub(crate) fn stored_entries(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().len()).sum()
     }
 
     /// Gives back room for `n` removed entries.

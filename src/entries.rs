@@ -185,7 +185,9 @@ impl<K: Hash, V> Entries<K, V> {
         });
     }
 
-    /// Stores a new entry (its key must not be stored yet).
+    /// Stores a new entry (its key must not be stored yet). The caller
+    /// has called [`reserve_one`](Self::reserve_one), so the index does not
+    /// grow here and no user code runs once the slab has changed.
     pub(crate) fn insert<S: BuildHasher>(
         &mut self,
         hash: u64,
@@ -193,8 +195,10 @@ impl<K: Hash, V> Entries<K, V> {
         fingerprint: Option<Fingerprint>,
         hasher: &S,
     ) -> Slot {
-        // A no-op when the caller reserved already (see `reserve_one`).
-        self.reserve_one(hasher);
+        debug_assert!(
+            self.index.capacity() > self.index.len(),
+            "reserve_one is called before insert"
+        );
         let slot = match self.free.pop() {
             Some(slot) => {
                 self.slab[slot as usize] = Some(entry);

@@ -53,13 +53,10 @@ impl<K, V> Persistence<K, V> {
         self.save_lock.lock()
     }
 
-    /// `Cache::load_from(path)` restored the file at `path`: if that is the
-    /// periodic file, the cache now holds its records (rule 3).
-    pub(crate) fn loaded_from(&self, path: &Path) {
-        self.arm_if_periodic(path);
-    }
-
-    fn arm_if_periodic(&self, path: &Path) {
+    /// The cache loaded the file at `path` (`Cache::load_from`) or saved
+    /// to it explicitly: if that is the periodic file, periodic saves may
+    /// replace it (rule 3).
+    pub(crate) fn loaded_or_saved(&self, path: &Path) {
         if let Some(periodic) = &self.periodic
             && std::path::absolute(path).is_ok_and(|path| path == periodic.path)
         {
@@ -77,7 +74,7 @@ impl<K, V> Persistence<K, V> {
     ) -> Result<T, SnapshotError> {
         let _saving = self.save_lock.lock();
         let saved = save()?;
-        self.arm_if_periodic(path);
+        self.loaded_or_saved(path);
         Ok(saved)
     }
 

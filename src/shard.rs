@@ -414,9 +414,10 @@ impl<K, V> Shard<K, V> {
     /// Pops due queue items (deadline `<= now`) and reclaims the expired
     /// entries they point to, looking at no more than `budget` items.
     ///
-    /// Each reclaimed entry's unit goes back to `limit` at once, so that a
-    /// panicking `Hash` (user code, run before each item is popped) part
-    /// way through a batch leaks none.
+    /// The reclaimed entries' units go back to `limit` when the batch ends
+    /// (one atomic operation), or as it unwinds: a panicking `Hash` (user
+    /// code, run before each item is popped) part way through a batch
+    /// leaks none.
     pub(crate) fn reclaim_due<S: BuildHasher>(
         &mut self,
         now: u64,
@@ -428,6 +429,17 @@ impl<K, V> Shard<K, V> {
     where
         K: Hash,
     {
+        /// Gives back the units of the entries reclaimed so far, on the
+        /// way out whichever way that is.
+        struct Release<'a>(Option<&'a Limit>, usize);
+        impl Drop for Release<'_> {
+            fn drop(&mut self) {
+                if let Some(limit) = self.0 {
+                    limit.release(self.1);
+                }
+            }
+        }
+        let mut released = Release(limit, 0);
         let mut reclaimed = Reclaimed {
             entries: 0,
             more_due: true,
@@ -437,10 +449,8 @@ impl<K, V> Shard<K, V> {
                 Some(Some(entry)) => {
                     grave.bury(entry);
                     reclaimed.entries += 1;
+                    released.1 += 1;
                     self.stats.expirations += 1;
-                    if let Some(limit) = limit {
-                        limit.release(1);
-                    }
                 }
                 Some(None) => {} // a stale item
                 None => {

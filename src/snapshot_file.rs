@@ -248,7 +248,7 @@ where
         let report = self.restore(snapshot);
         // The periodic file's records are in the cache now: its saves may
         // replace it.
-        self.shared.persistence.loaded_from(path);
+        self.shared.persistence.loaded_or_saved(path);
         Ok(report)
     }
 }
