@@ -5,10 +5,13 @@ use std::hash::{BuildHasher, Hash};
 use std::marker::PhantomData;
 use std::time::Duration;
 
-use crate::cache::{Cache, Settings, Shared};
+use crate::background::{Background, Job};
+use crate::cache::Cache;
+use crate::capacity::CapacityPolicy;
 use crate::clock::{Clock, TimeSource};
+use crate::engine::{Engine, Settings};
 use crate::error::BuildError;
-use crate::reaper::{Reaper, Schedule};
+use crate::sync::Arc;
 
 /// Time-to-live used when none is set: 24 hours, the retention Stripe
 /// documents for idempotency keys.
@@ -21,28 +24,6 @@ pub const MAX_SHARDS: usize = 1 << 16;
 /// typical handler, short enough that a crashed handler's key frees up soon.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
 
-/// What a full bounded cache does when a new record needs room and no
-/// expired entry can be reclaimed.
-///
-/// In-progress claims are never evicted under either policy: a claim that
-/// finds every unit of the bound held by claims in progress gets
-/// [`Claim::Full`](crate::Claim::Full).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
-#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
-pub enum CapacityPolicy {
-    /// Evict the live record with the soonest deadline (the default): the
-    /// cache always has room for new work, at the cost of forgetting a
-    /// completed record early, so a late retry of it would run again.
-    #[default]
-    EvictSoonest,
-    /// Idempotency-safe: never evict an unexpired record. A new claim gets
-    /// [`Claim::Full`](crate::Claim::Full) (answer 503), a plain `insert` or
-    /// a computed value is not stored (counted in
-    /// [`Stats::refused`](crate::Stats::refused)), until records expire.
-    Refuse,
-}
-
 /// Builds a [`Cache`]; start from [`Cache::builder`].
 ///
 /// | option | default |
@@ -52,7 +33,7 @@ pub enum CapacityPolicy {
 /// | [`shards`](Self::shards) | `(4 × available cores).next_power_of_two()` |
 /// | [`background_eviction`](Self::background_eviction) | off: no thread |
 /// | [`lease`](Self::lease) | 60 s ([`DEFAULT_LEASE`]) |
-/// | [`capacity_policy`](Self::capacity_policy) | [`CapacityPolicy::EvictSoonest`] |
+/// | [`capacity_policy`](Self::capacity_policy) | [`CapacityPolicy::Refuse`]: never forget a live record |
 /// | [`clock`](Self::clock) | the monotonic clock ([`MonotonicClock`](crate::clock::MonotonicClock)) |
 /// | [`hasher`](Self::hasher) | [`ahash::RandomState`] (randomly seeded) |
 ///
@@ -85,7 +66,11 @@ pub struct CacheBuilder<K, V, S = ahash::RandomState> {
     time: Option<TimeSource>,
     hasher: S,
     #[cfg(feature = "persistence")]
-    snapshot: Option<crate::persistence::Periodic<K, V>>,
+    snapshot: Option<crate::persistence::SnapshotSchedule<K, V>>,
+    /// A snapshot section of a configuration given to
+    /// [`config`](Self::config), which cannot apply it.
+    #[cfg(feature = "persistence")]
+    unapplied_snapshot: bool,
     _types: PhantomData<fn() -> (K, V)>,
 }
 
@@ -97,11 +82,13 @@ impl<K, V> CacheBuilder<K, V, ahash::RandomState> {
             shards: None,
             background_eviction: None,
             lease: DEFAULT_LEASE,
-            capacity_policy: CapacityPolicy::EvictSoonest,
+            capacity_policy: CapacityPolicy::default(),
             time: None,
             hasher: ahash::RandomState::new(),
             #[cfg(feature = "persistence")]
             snapshot: None,
+            #[cfg(feature = "persistence")]
+            unapplied_snapshot: false,
             _types: PhantomData,
         }
     }
@@ -203,12 +190,13 @@ impl<K, V, S> CacheBuilder<K, V, S> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     #[cfg(feature = "persistence")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "persistence")))]
     pub fn snapshot_every(mut self, path: impl AsRef<std::path::Path>, interval: Duration) -> Self
     where
         K: Clone + serde::Serialize,
         V: Clone + serde::Serialize,
     {
-        self.snapshot = Some(crate::persistence::Periodic::new(
+        self.snapshot = Some(crate::persistence::SnapshotSchedule::new(
             path.as_ref().to_path_buf(),
             interval,
         ));
@@ -225,18 +213,46 @@ impl<K, V, S> CacheBuilder<K, V, S> {
         self
     }
 
-    /// What a full bounded cache does when no expired entry can be
-    /// reclaimed: evict the soonest deadline (default) or refuse
-    /// (idempotency-safe). See [`CapacityPolicy`].
+    /// What a full bounded cache does when no expired entry or lapsed claim
+    /// can be reclaimed: refuse (the default, idempotency-safe) or evict
+    /// the soonest deadline (pure cache use only). See [`CapacityPolicy`].
+    ///
+    /// ```
+    /// use idemcache::{Cache, CapacityPolicy};
+    ///
+    /// // A plain cache of computed values, where forgetting early is fine:
+    /// let cache: Cache<u64, u64> = Cache::builder()
+    ///     .max_entries(1_000)
+    ///     .capacity_policy(CapacityPolicy::EvictSoonest)
+    ///     .build()?;
+    /// # Ok::<(), idemcache::BuildError>(())
+    /// ```
     pub fn capacity_policy(mut self, policy: CapacityPolicy) -> Self {
         self.capacity_policy = policy;
         self
     }
 
-    /// Takes every option from `config` (a [`CacheConfig`](crate::CacheConfig)
-    /// loaded from a file, say); options it leaves unset keep the builder's
-    /// defaults. Values are checked by [`build`](Self::build).
+    /// Takes every cache option from `config` (a
+    /// [`CacheConfig`](crate::CacheConfig) loaded from a file, say); options
+    /// it leaves unset keep the builder's defaults. Values are checked by
+    /// [`build`](Self::build).
+    ///
+    /// A `[snapshot]` section needs serializable keys and values, which
+    /// this method cannot require of every cache: use
+    /// [`config_with_snapshots`](Self::config_with_snapshots) for it.
+    /// Given one here, `build` fails with
+    /// [`BuildError::SnapshotNotApplied`] rather than ignore it.
+    ///
+    /// ```
+    /// use idemcache::{Cache, CacheConfig};
+    ///
+    /// let config: CacheConfig = serde_json::from_str(r#"{ "max_entries": 1000 }"#)?;
+    /// let cache: Cache<String, String> = Cache::builder().config(&config).build()?;
+    /// assert_eq!(cache.max_entries(), Some(1000));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[cfg(feature = "serde")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
     pub fn config(mut self, config: &crate::CacheConfig) -> Self {
         self.time_to_live = config.time_to_live;
         self.max_entries = config.max_entries;
@@ -244,7 +260,45 @@ impl<K, V, S> CacheBuilder<K, V, S> {
         self.background_eviction = config.background_eviction;
         self.lease = config.lease;
         self.capacity_policy = config.capacity_policy;
+        #[cfg(feature = "persistence")]
+        {
+            self.unapplied_snapshot = config.snapshot.is_some();
+        }
         self
+    }
+
+    /// [`config`](Self::config), and the configuration's `[snapshot]`
+    /// section, if any, as [`snapshot_every`](Self::snapshot_every).
+    ///
+    /// ```
+    /// use idemcache::{Cache, CacheConfig};
+    ///
+    /// # let dir = std::env::temp_dir().join(format!("idemcache-doc-cfgsnap-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// let config: CacheConfig = toml::from_str(&format!(r#"
+    ///     time_to_live = "24h"
+    ///     [snapshot]
+    ///     path = "{}"
+    ///     every = "10s"
+    /// "#, dir.join("records.snapshot").display()))?;
+    /// let cache: Cache<String, String> = Cache::builder().config_with_snapshots(&config).build()?;
+    /// assert!(cache.snapshot_status().is_some());
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[cfg(feature = "persistence")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "persistence")))]
+    pub fn config_with_snapshots(self, config: &crate::CacheConfig) -> Self
+    where
+        K: Clone + serde::Serialize,
+        V: Clone + serde::Serialize,
+    {
+        let mut builder = self.config(config);
+        builder.unapplied_snapshot = false;
+        match &config.snapshot {
+            Some(snapshot) => builder.snapshot_every(&snapshot.path, snapshot.every),
+            None => builder,
+        }
     }
 
     /// The clock expiry is measured against. Pass a
@@ -279,6 +333,8 @@ impl<K, V, S> CacheBuilder<K, V, S> {
             hasher,
             #[cfg(feature = "persistence")]
             snapshot: self.snapshot,
+            #[cfg(feature = "persistence")]
+            unapplied_snapshot: self.unapplied_snapshot,
             _types: PhantomData,
         }
     }
@@ -290,7 +346,7 @@ impl<K, V, S> CacheBuilder<K, V, S> {
     /// A [`BuildError`] for a zero `time_to_live`, `max_entries`, `shards` or
     /// eviction interval, more than [`MAX_SHARDS`] shards, or a reaper thread
     /// the operating system would not start.
-    pub fn build(#[allow(unused_mut)] mut self) -> Result<Cache<K, V, S>, BuildError>
+    pub fn build(self) -> Result<Cache<K, V, S>, BuildError>
     where
         K: Hash + Eq + Send + 'static,
         V: Send + 'static,
@@ -314,18 +370,7 @@ impl<K, V, S> CacheBuilder<K, V, S> {
         if self.lease.is_zero() {
             return Err(BuildError::ZeroLease);
         }
-        #[cfg(feature = "persistence")]
-        if let Some(periodic) = &mut self.snapshot {
-            check_snapshot_schedule(&periodic.path, periodic.interval)?;
-            periodic
-                .resolve_path()
-                .map_err(|_| BuildError::InvalidSnapshotPath {
-                    path: periodic.path.clone(),
-                    reason: "it cannot be made absolute",
-                })?;
-        }
-        #[cfg_attr(not(feature = "persistence"), allow(unused_mut))]
-        let mut shared = Shared::new(
+        let engine = Arc::new(Engine::new(
             Settings {
                 shards,
                 time_to_live: self.time_to_live,
@@ -335,28 +380,43 @@ impl<K, V, S> CacheBuilder<K, V, S> {
             },
             self.time.unwrap_or_else(TimeSource::monotonic),
             self.hasher,
-        );
-        let schedule = Schedule {
-            purge: self.background_eviction,
-            #[cfg(feature = "persistence")]
-            snapshot: self.snapshot.as_ref().map(|periodic| periodic.interval),
-            #[cfg(not(feature = "persistence"))]
-            snapshot: None,
-        };
-        #[cfg(feature = "persistence")]
-        {
-            shared.persistence = crate::persistence::Persistence::new(self.snapshot);
+        ));
+        let mut jobs = Vec::new();
+        if let Some(every) = self.background_eviction {
+            let engine = Arc::clone(&engine);
+            jobs.push(Job {
+                every,
+                work: Box::new(move |stop| {
+                    engine.purge(stop);
+                }),
+            });
         }
-        let shared = crate::sync::Arc::new(shared);
-        let reaper = if schedule.is_empty() {
-            None
-        } else {
-            let spawned = Reaper::spawn(crate::sync::Arc::clone(&shared), schedule);
-            Some(spawned.map_err(|e| BuildError::SpawnReaper {
-                reason: e.to_string(),
-            })?)
+        #[cfg(feature = "persistence")]
+        let snapshots = match self.snapshot {
+            _ if self.unapplied_snapshot => return Err(BuildError::SnapshotNotApplied),
+            Some(mut schedule) => {
+                check_snapshot_schedule(&schedule.path, schedule.interval)?;
+                schedule.path = std::path::absolute(&schedule.path).map_err(|_| {
+                    BuildError::InvalidSnapshotPath {
+                        path: schedule.path.clone(),
+                        reason: "it cannot be made absolute",
+                    }
+                })?;
+                let (snapshots, job) = schedule.bind(Arc::clone(&engine));
+                jobs.push(job);
+                Some(snapshots)
+            }
+            None => None,
         };
-        Ok(Cache::from_parts(shared, reaper))
+        let background = Background::spawn(jobs).map_err(|e| BuildError::SpawnReaper {
+            reason: e.to_string(),
+        })?;
+        Ok(Cache::from_parts(
+            engine,
+            background,
+            #[cfg(feature = "persistence")]
+            snapshots,
+        ))
     }
 }
 

@@ -227,8 +227,52 @@ fn furthest_after<T: Copy>(
 }
 
 /// Nanoseconds in `d`, saturating at `u64::MAX` (about 584 years).
-pub(crate) fn duration_to_nanos(d: Duration) -> u64 {
+fn duration_to_nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// A point in a cache's time: nanoseconds since the cache was built, read
+/// from its clock. Deadlines and leases are stored as these (8 bytes,
+/// compared with one instruction) rather than as `Instant`s.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(transparent)]
+pub(crate) struct CacheTime(u64);
+
+impl CacheTime {
+    /// Later than any time a cache reaches: the deadline of what never
+    /// lapses (a `get_or_compute` leader has no lease).
+    pub(crate) const NEVER: CacheTime = CacheTime(u64::MAX);
+
+    pub(crate) const fn from_nanos(nanos: u64) -> Self {
+        CacheTime(nanos)
+    }
+
+    pub(crate) const fn as_nanos(self) -> u64 {
+        self.0
+    }
+
+    /// `self + span`, saturating at [`NEVER`](Self::NEVER).
+    #[inline]
+    pub(crate) fn after(self, span: Span) -> CacheTime {
+        CacheTime(self.0.saturating_add(span.0))
+    }
+
+    /// How long from `self` until `later`; zero if `later` is not later.
+    #[inline]
+    pub(crate) fn until(self, later: CacheTime) -> Duration {
+        Duration::from_nanos(later.0.saturating_sub(self.0))
+    }
+}
+
+/// A length of cache time (a time-to-live, a lease), converted from a
+/// `Duration` once, saturating at about 584 years.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Span(u64);
+
+impl Span {
+    pub(crate) fn from_duration(d: Duration) -> Self {
+        Span(duration_to_nanos(d))
+    }
 }
 
 /// The cache's view of time: nanoseconds since the cache was built, read
@@ -290,15 +334,15 @@ impl TimeSource {
 
     /// Nanoseconds since this cache's epoch, exactly: for setting deadlines.
     #[inline]
-    pub(crate) fn now(&self) -> u64 {
-        match self {
+    pub(crate) fn now(&self) -> CacheTime {
+        CacheTime(match self {
             TimeSource::Monotonic { epoch, .. } => elapsed_nanos(*epoch, Instant::now()),
             TimeSource::Manual {
                 clock,
                 epoch_offset,
             } => clock.offset().saturating_sub(*epoch_offset),
             TimeSource::Custom { clock, epoch } => elapsed_nanos(*epoch, clock.now()),
-        }
+        })
     }
 
     /// The time for deciding whether an entry is still live: never ahead
@@ -306,23 +350,23 @@ impl TimeSource {
     /// granularity. Since deadlines come from `now`, an entry is never seen
     /// expired early, and seen expired at most that granularity late.
     #[inline]
-    pub(crate) fn now_for_reads(&self) -> u64 {
+    pub(crate) fn now_for_reads(&self) -> CacheTime {
         match self {
             #[cfg(target_os = "linux")]
             TimeSource::Monotonic { coarse_epoch, .. } => {
-                coarse::now_nanos().saturating_sub(*coarse_epoch)
+                CacheTime(coarse::now_nanos().saturating_sub(*coarse_epoch))
             }
             _ => self.now(),
         }
     }
 
-    /// A real-time sleep after which `nanos` of this clock's time have
-    /// surely passed: exact for the monotonic clock; for manual and custom
-    /// clocks, whose time need not follow real time, a short slice after
-    /// which the sleeper looks again.
-    pub(crate) fn real_time_until(&self, nanos: u64) -> Duration {
+    /// A real-time sleep after which this clock has surely reached `at`:
+    /// exact for the monotonic clock; for manual and custom clocks, whose
+    /// time need not follow real time, a short slice after which the
+    /// sleeper looks again.
+    pub(crate) fn real_time_until(&self, at: CacheTime) -> Duration {
         const RECHECK: Duration = Duration::from_millis(20);
-        let wanted = Duration::from_nanos(nanos);
+        let wanted = self.now().until(at);
         match self {
             TimeSource::Monotonic { .. } => wanted,
             TimeSource::Manual { .. } | TimeSource::Custom { .. } => wanted.min(RECHECK),

@@ -20,7 +20,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::builder::{CapacityPolicy, DEFAULT_LEASE, DEFAULT_TIME_TO_LIVE};
+use crate::builder::{DEFAULT_LEASE, DEFAULT_TIME_TO_LIVE};
+use crate::capacity::CapacityPolicy;
 use crate::{BuildError, Cache};
 
 /// Every [`CacheBuilder`](crate::CacheBuilder) option as plain data. Missing
@@ -50,8 +51,42 @@ pub struct CacheConfig {
     #[serde(with = "humantime_serde")]
     pub lease: Duration,
     /// See [`CacheBuilder::capacity_policy`](crate::CacheBuilder::capacity_policy):
-    /// `"evict_soonest"` (default) or `"refuse"`.
+    /// `"refuse"` (default) or `"evict_soonest"`.
     pub capacity_policy: CapacityPolicy,
+    /// Where and how often to snapshot the cache (a `[snapshot]` section
+    /// with `path` and `every`); see
+    /// [`CacheBuilder::config_with_snapshots`](crate::CacheBuilder::config_with_snapshots).
+    /// Absent means no periodic snapshot.
+    #[cfg(feature = "persistence")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "persistence")))]
+    pub snapshot: Option<SnapshotConfig>,
+}
+
+/// The `[snapshot]` section of a [`CacheConfig`]: see
+/// [`CacheBuilder::snapshot_every`](crate::CacheBuilder::snapshot_every).
+///
+/// ```
+/// use idemcache::CacheConfig;
+///
+/// let config: CacheConfig = toml::from_str(r#"
+///     [snapshot]
+///     path = "/var/lib/payments/idempotency.snapshot"
+///     every = "10s"
+/// "#)?;
+/// let snapshot = config.snapshot.unwrap();
+/// assert_eq!(snapshot.every, std::time::Duration::from_secs(10));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[cfg(feature = "persistence")]
+#[cfg_attr(docsrs, doc(cfg(feature = "persistence")))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotConfig {
+    /// The snapshot file (its directory must exist).
+    pub path: std::path::PathBuf,
+    /// How often to save it, as humans write it (`"10s"`).
+    #[serde(with = "humantime_serde")]
+    pub every: Duration,
 }
 
 impl Default for CacheConfig {
@@ -63,6 +98,8 @@ impl Default for CacheConfig {
             background_eviction: None,
             lease: DEFAULT_LEASE,
             capacity_policy: CapacityPolicy::default(),
+            #[cfg(feature = "persistence")]
+            snapshot: None,
         }
     }
 }

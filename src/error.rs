@@ -54,7 +54,12 @@ pub enum BuildError {
         /// What is wrong with it.
         reason: &'static str,
     },
-    /// The operating system refused to start the reaper thread.
+    /// A configuration with a `[snapshot]` section was given to
+    /// [`CacheBuilder::config`](crate::CacheBuilder::config), which cannot
+    /// apply it: use
+    /// [`CacheBuilder::config_with_snapshots`](crate::CacheBuilder::config_with_snapshots).
+    SnapshotNotApplied,
+    /// The operating system refused to start the background thread.
     SpawnReaper {
         /// The operating system's reason.
         reason: String,
@@ -76,6 +81,7 @@ impl BuildError {
             BuildError::ZeroSnapshotInterval | BuildError::InvalidSnapshotPath { .. } => {
                 "snapshot_every"
             }
+            BuildError::SnapshotNotApplied => "snapshot",
         }
     }
 }
@@ -102,13 +108,16 @@ impl fmt::Display for BuildError {
                 "lease must be greater than zero (every claim would lapse as it is made)",
             ),
             BuildError::ZeroSnapshotInterval => f.write_str(
-                "snapshot_every interval must be greater than zero (the reaper would spin)",
+                "snapshot_every interval must be greater than zero (the background thread would spin)",
             ),
             BuildError::InvalidSnapshotPath { path, reason } => {
                 write!(f, "snapshot_every: {}: {reason}", path.display())
             }
+            BuildError::SnapshotNotApplied => f.write_str(
+                "snapshot: the configuration's [snapshot] section needs serializable keys and values: build with CacheBuilder::config_with_snapshots instead of config",
+            ),
             BuildError::SpawnReaper { reason } => {
-                write!(f, "background_eviction: could not start the reaper thread: {reason}")
+                write!(f, "background_eviction: could not start the background thread: {reason}")
             }
         }
     }

@@ -326,6 +326,7 @@
 //! internal module so the model checker (loom) can replace them.
 #![deny(missing_docs, unsafe_code)]
 #![warn(rust_2018_idioms, unreachable_pub)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 // The guide links to the `persistence` and `serde` features' items, which
 // a build without them does not have (docs.rs builds with every feature).
 #![cfg_attr(
@@ -333,38 +334,57 @@
     allow(rustdoc::broken_intra_doc_links)
 )]
 
+// The handle, and the engine that owns every shard lock.
 mod builder;
 mod cache;
-pub mod clock;
-#[cfg(feature = "serde")]
-mod config;
-mod entries;
-mod error;
-mod fingerprint;
+mod engine;
+// A shard's parts: entries, deadline queue, flight table, graveyard.
+mod shard;
+// The bound on entries and what a full cache does.
+mod capacity;
+// Single flight: one key's computation or claim, and its waiters.
 mod flight;
-#[cfg(any(feature = "digest", feature = "uuid"))]
-pub mod key;
+// The idempotency protocol and the store trait built on it.
+mod fingerprint;
+mod protocol;
+pub mod store;
+// Snapshots and their files.
 #[cfg(feature = "persistence")]
 mod persistence;
-mod protocol;
-mod reaper;
-mod shard;
 mod snapshot;
 #[cfg(feature = "persistence")]
 mod snapshot_file;
+// Time, the background thread, the loom shim, and the rest.
+mod background;
+pub mod clock;
+#[cfg(feature = "serde")]
+mod config;
+mod error;
+#[cfg(any(feature = "digest", feature = "uuid"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "digest", feature = "uuid"))))]
+pub mod key;
 mod stats;
 mod sync;
 
-pub use builder::{CacheBuilder, CapacityPolicy, DEFAULT_LEASE, DEFAULT_TIME_TO_LIVE, MAX_SHARDS};
+pub use builder::{CacheBuilder, DEFAULT_LEASE, DEFAULT_TIME_TO_LIVE, MAX_SHARDS};
 pub use cache::Cache;
+pub use capacity::CapacityPolicy;
 #[cfg(feature = "serde")]
+#[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
 pub use config::CacheConfig;
+#[cfg(feature = "persistence")]
+#[cfg_attr(docsrs, doc(cfg(feature = "persistence")))]
+pub use config::SnapshotConfig;
 pub use error::{BuildError, SnapshotError};
 #[cfg(feature = "digest")]
+#[cfg_attr(docsrs, doc(cfg(feature = "digest")))]
 pub use fingerprint::FingerprintBuilder;
 pub use fingerprint::{Fingerprint, ParseFingerprintError};
 #[cfg(feature = "persistence")]
+#[cfg_attr(docsrs, doc(cfg(feature = "persistence")))]
 pub use persistence::SnapshotStatus;
-pub use protocol::{Claim, Pending, Replay, Reservation, StaleReservation, Waited};
+pub use protocol::{
+    Claim, Completion, Fenced, NotStored, Pending, Replay, Reservation, StaleReservation, Waited,
+};
 pub use snapshot::{RestoreReport, Snapshot, SnapshotEntry};
 pub use stats::Stats;

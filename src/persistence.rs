@@ -1,12 +1,13 @@
-//! A cache's saving machinery (the `persistence` feature): the lock that
-//! orders its saves and restores, and the periodic snapshot with its
-//! status.
+//! A cache's periodic snapshot (the `persistence` feature): a job of the
+//! background thread, its status, and the rules that keep the file from
+//! going backwards.
 //!
 //! Three rules keep a snapshot file from ever going backwards or losing
 //! records:
 //!
 //! 1. **One save or restore at a time, per cache, from snapshot to
-//!    rename.** A save takes its snapshot and writes it under one lock, so
+//!    rename.** A save takes its snapshot and writes it under the engine's
+//!    snapshot lock, so
 //!    an older snapshot can never be renamed over a newer one (the lock
 //!    inside the file writer only orders the writes, not the snapshots).
 //! 2. **No periodic save during a restore.** A restore holds the same lock,
@@ -27,84 +28,136 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use crate::cache::Shared;
-use crate::snapshot::copy_record;
-use crate::sync::Mutex;
+use crate::background::Job;
+use crate::engine::Engine;
+use crate::snapshot::{copy_record, take_snapshot};
+use crate::sync::{Arc, Mutex};
 use crate::{Snapshot, SnapshotError};
 
-/// Per-cache persistence state, in the cache's shared state.
-pub(crate) struct Persistence<K, V> {
-    /// Held from taking a snapshot to renaming its file, and for a whole
-    /// restore (rules 1 and 2).
-    save_lock: Mutex<()>,
-    pub(crate) periodic: Option<Periodic<K, V>>,
-}
+/// What a cache handle needs of its periodic snapshot, whatever the
+/// cache's hasher type.
+pub(crate) trait PeriodicSnapshots: Send + Sync {
+    /// Saves a snapshot now (periodically, and at shutdown); see the
+    /// module docs for when it refuses.
+    fn save_now(&self) -> Result<(), SnapshotError>;
 
-impl<K, V> Persistence<K, V> {
-    pub(crate) fn new(periodic: Option<Periodic<K, V>>) -> Self {
-        Persistence {
-            save_lock: Mutex::new(()),
-            periodic,
-        }
-    }
-
-    /// For a restore: no save may run until the guard is dropped.
-    pub(crate) fn lock_for_restore(&self) -> impl Sized + '_ {
-        self.save_lock.lock()
-    }
+    fn status(&self) -> SnapshotStatus;
 
     /// The cache loaded the file at `path` (`Cache::load_from`) or saved
     /// to it explicitly: if that is the periodic file, periodic saves may
     /// replace it (rule 3).
-    pub(crate) fn loaded_or_saved(&self, path: &Path) {
-        if let Some(periodic) = &self.periodic
-            && std::path::absolute(path).is_ok_and(|path| path == periodic.path)
-        {
-            periodic.state.lock().armed = true;
+    fn loaded_or_saved(&self, path: &Path);
+}
+
+/// A periodic snapshot as the builder knows it: it knows `K` and `V` are
+/// serializable and fixes the two functions then (the cache's hasher type
+/// is not known yet).
+pub(crate) struct SnapshotSchedule<K, V> {
+    /// Made absolute at build, so that a later change of working directory
+    /// does not move the snapshots.
+    pub(crate) path: PathBuf,
+    pub(crate) interval: Duration,
+    copy: fn(&K, &V) -> (K, V),
+    save: fn(&Snapshot<K, V>, &Path) -> Result<(), SnapshotError>,
+}
+
+impl<K, V> SnapshotSchedule<K, V> {
+    pub(crate) fn new(path: PathBuf, interval: Duration) -> Self
+    where
+        K: Clone + serde::Serialize,
+        V: Clone + serde::Serialize,
+    {
+        fn save<K: serde::Serialize, V: serde::Serialize>(
+            snapshot: &Snapshot<K, V>,
+            path: &Path,
+        ) -> Result<(), SnapshotError> {
+            snapshot.save_to(path)
+        }
+        SnapshotSchedule {
+            path,
+            interval,
+            copy: copy_record::<K, V>,
+            save: save::<K, V>,
         }
     }
 
-    /// Runs an explicit save (`Cache::save_to`) to `path` under the save
-    /// lock. An explicit save to the periodic path arms periodic saves:
-    /// the user chose to replace that file.
-    pub(crate) fn save_explicitly<T>(
-        &self,
-        path: &Path,
-        save: impl FnOnce() -> Result<T, SnapshotError>,
-    ) -> Result<T, SnapshotError> {
-        let _saving = self.save_lock.lock();
-        let saved = save()?;
-        self.loaded_or_saved(path);
-        Ok(saved)
-    }
-
-    /// The periodic (or shutdown) save, under the save lock; see the module
-    /// docs. Never panics: a panicking `Clone`, `Serialize` or `Drop` of a
-    /// key or value is recorded as a failure or ignored, so the background
-    /// thread lives on.
-    pub(crate) fn save_periodic<S>(&self, shared: &Shared<K, V, S>) -> Result<(), SnapshotError> {
-        let Some(periodic) = &self.periodic else {
-            return Ok(());
+    /// Binds the schedule to the cache's engine: the handle's view of it,
+    /// and the background job that saves every interval.
+    pub(crate) fn bind<S>(self, engine: Arc<Engine<K, V, S>>) -> (Arc<dyn PeriodicSnapshots>, Job)
+    where
+        K: Send + 'static,
+        V: Send + 'static,
+        S: Send + Sync + 'static,
+    {
+        let periodic = Arc::new(Periodic {
+            state: Mutex::new(PeriodicState {
+                status: SnapshotStatus {
+                    path: self.path.clone(),
+                    ..SnapshotStatus::default()
+                },
+                armed: false,
+            }),
+            engine,
+            path: self.path,
+            copy: self.copy,
+            save: self.save,
+        });
+        let saver = Arc::clone(&periodic);
+        let job = Job {
+            every: self.interval,
+            // Recorded in the status for `Cache::snapshot_status`.
+            work: Box::new(move |_stop| {
+                let _ = saver.save_now();
+            }),
         };
+        (periodic, job)
+    }
+}
+
+/// A cache's periodic snapshot: where, how it went.
+struct Periodic<K, V, S> {
+    engine: Arc<Engine<K, V, S>>,
+    path: PathBuf,
+    copy: fn(&K, &V) -> (K, V),
+    save: fn(&Snapshot<K, V>, &Path) -> Result<(), SnapshotError>,
+    state: Mutex<PeriodicState>,
+}
+
+struct PeriodicState {
+    status: SnapshotStatus,
+    /// Whether saves may replace an existing file (rule 3).
+    armed: bool,
+}
+
+impl<K, V, S> PeriodicSnapshots for Periodic<K, V, S>
+where
+    K: Send + 'static,
+    V: Send + 'static,
+    S: Send + Sync + 'static,
+{
+    /// Never panics: a panicking `Clone`, `Serialize` or `Drop` of a key or
+    /// value is recorded as a failure or ignored, so the background thread
+    /// lives on.
+    fn save_now(&self) -> Result<(), SnapshotError> {
         let (result, taken) = {
-            let _saving = self.save_lock.lock();
+            let _saving = self.engine.snapshot_lock.lock();
             // Rule 3: a file this cache has not loaded holds records it
             // would lose. (`metadata` follows a symlink, as saves do: a
             // dangling one holds nothing.)
-            if !periodic.state.lock().armed && std::fs::metadata(&periodic.path).is_ok() {
+            if !self.state.lock().armed && std::fs::metadata(&self.path).is_ok() {
                 let refused = SnapshotError::WouldOverwrite {
-                    path: periodic.path.clone(),
+                    path: self.path.clone(),
                 };
-                let mut state = periodic.state.lock();
+                let mut state = self.state.lock();
                 state.status.skipped += 1;
                 state.status.last_error = Some(refused.to_string());
                 return Err(refused);
             }
             let saved = catch_unwind(AssertUnwindSafe(|| {
-                let snapshot = shared.take_snapshot(periodic.copy);
-                ((periodic.save)(&snapshot, &periodic.path), snapshot)
+                let snapshot = take_snapshot(&self.engine, self.copy, || {});
+                ((self.save)(&snapshot, &self.path), snapshot)
             }));
-            let mut state = periodic.state.lock();
+            let mut state = self.state.lock();
             match saved {
                 Ok((Ok(()), snapshot)) => {
                     state.armed = true;
@@ -135,69 +188,20 @@ impl<K, V> Persistence<K, V> {
                 }
             }
         };
-        // Dropped after the save lock is released (user `Drop` code may use
-        // the cache); a panic there must not end the background thread.
+        // Dropped after the snapshot lock is released (user `Drop` code may
+        // use the cache); a panic there must not end the background thread.
         let _ = catch_unwind(AssertUnwindSafe(move || drop(taken)));
         result
     }
-}
 
-/// A cache's periodic snapshot: where, how often, how it went. Built by
-/// [`CacheBuilder::snapshot_every`](crate::CacheBuilder::snapshot_every),
-/// which knows `K` and `V` are serializable and fixes the two functions
-/// then (the cache's hasher type is not known yet).
-pub(crate) struct Periodic<K, V> {
-    /// Absolute, so that a later change of working directory does not
-    /// move the snapshots.
-    pub(crate) path: PathBuf,
-    pub(crate) interval: Duration,
-    copy: fn(&K, &V) -> (K, V),
-    save: fn(&Snapshot<K, V>, &Path) -> Result<(), SnapshotError>,
-    state: Mutex<PeriodicState>,
-}
-
-struct PeriodicState {
-    status: SnapshotStatus,
-    /// Whether saves may replace an existing file (rule 3).
-    armed: bool,
-}
-
-impl<K, V> Periodic<K, V> {
-    pub(crate) fn new(path: PathBuf, interval: Duration) -> Self
-    where
-        K: Clone + serde::Serialize,
-        V: Clone + serde::Serialize,
-    {
-        fn save<K: serde::Serialize, V: serde::Serialize>(
-            snapshot: &Snapshot<K, V>,
-            path: &Path,
-        ) -> Result<(), SnapshotError> {
-            snapshot.save_to(path)
-        }
-        Periodic {
-            state: Mutex::new(PeriodicState {
-                status: SnapshotStatus {
-                    path: path.clone(),
-                    ..SnapshotStatus::default()
-                },
-                armed: false,
-            }),
-            path,
-            interval,
-            copy: copy_record::<K, V>,
-            save: save::<K, V>,
-        }
-    }
-
-    /// Makes the path absolute (against the current directory, once).
-    pub(crate) fn resolve_path(&mut self) -> std::io::Result<()> {
-        self.path = std::path::absolute(&self.path)?;
-        self.state.lock().status.path = self.path.clone();
-        Ok(())
-    }
-
-    pub(crate) fn status(&self) -> SnapshotStatus {
+    fn status(&self) -> SnapshotStatus {
         self.state.lock().status.clone()
+    }
+
+    fn loaded_or_saved(&self, path: &Path) {
+        if std::path::absolute(path).is_ok_and(|path| path == self.path) {
+            self.state.lock().armed = true;
+        }
     }
 }
 

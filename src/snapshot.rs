@@ -35,9 +35,20 @@
 //! ```
 
 use std::hash::{BuildHasher, Hash};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
+use crate::clock::{Span, system_time_after};
+use crate::engine::{Batch, Engine};
+use crate::shard::{Restore, Restored};
 use crate::{Cache, Fingerprint};
+
+/// Slab slots a snapshot copies per lock hold, so that requests to a shard
+/// wait microseconds rather than the time to copy it all.
+const SNAPSHOT_BATCH: usize = 128;
+
+/// Batched copies of a shard restarted (because a compaction moved entries
+/// between holds) before the shard is copied in one hold.
+const MAX_RESTARTS: usize = 3;
 
 /// One completed record of a [`Snapshot`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -179,7 +190,7 @@ where
     /// assert!(snapshot.entries()[0].expires_at > snapshot.taken_at());
     /// ```
     pub fn snapshot(&self) -> Snapshot<K, V> {
-        self.shared.take_snapshot(copy_record::<K, V>)
+        take_snapshot(&self.engine, copy_record::<K, V>, || {})
     }
 }
 
@@ -224,6 +235,182 @@ where
     /// # Ok::<(), idemcache::BuildError>(())
     /// ```
     pub fn restore(&self, snapshot: Snapshot<K, V>) -> RestoreReport {
-        self.shared.restore(snapshot)
+        let _restoring = self.engine.snapshot_lock.lock();
+        restore(&self.engine, snapshot)
+    }
+}
+
+/// Copies every live entry into a snapshot, one shard at a time, in
+/// batches of slots, with deadlines converted to wall-clock time. `copy`
+/// clones a record; `between_holds` runs after each batch with no lock
+/// held (tests use it to move entries at exactly that moment).
+pub(crate) fn take_snapshot<K, V, S>(
+    engine: &Engine<K, V, S>,
+    copy: fn(&K, &V) -> (K, V),
+    mut between_holds: impl FnMut(),
+) -> Snapshot<K, V> {
+    // One reading of both clocks for the whole snapshot, so deadlines
+    // keep their order and spacing.
+    let now = engine.now();
+    let system_now = engine.system_now();
+    // Sized up front, so that no push reallocates (copies everything
+    // copied so far) while a shard is locked.
+    let mut entries = Vec::with_capacity(engine.stored_entries());
+    for index in 0..engine.shard_count() {
+        // Should a compaction move entries between holds, the shard is
+        // copied again; after a few restarts, in one hold.
+        let first = entries.len();
+        let mut from = Some(0);
+        let mut layout = None;
+        let mut restarts = 0;
+        while let Some(start) = from {
+            let batch = if restarts < MAX_RESTARTS {
+                SNAPSHOT_BATCH
+            } else {
+                usize::MAX
+            };
+            let copied =
+                engine.copy_live_batch(index, layout, start, batch, now, |entry, fingerprint| {
+                    let (key, value) = copy(&entry.key, &entry.value);
+                    let left: Duration = now.until(entry.deadline);
+                    entries.push(SnapshotEntry {
+                        key,
+                        value,
+                        fingerprint,
+                        expires_at: system_time_after(system_now, left),
+                    });
+                });
+            match copied {
+                Batch::Restart => {
+                    entries.truncate(first); // user `Drop`, with no lock held
+                    restarts += 1;
+                    layout = None;
+                    from = Some(0);
+                    continue;
+                }
+                Batch::Copied { layout: seen, next } => {
+                    layout = Some(seen);
+                    from = next;
+                }
+            }
+            between_holds();
+        }
+    }
+    Snapshot::new(system_now, entries)
+}
+
+/// See [`Cache::restore`]. The caller holds the engine's snapshot lock.
+fn restore<K, V, S>(engine: &Engine<K, V, S>, snapshot: Snapshot<K, V>) -> RestoreReport
+where
+    K: Hash + Eq,
+    S: BuildHasher,
+{
+    let mut report = RestoreReport::default();
+    if engine.max_entries().is_some() {
+        // Expired entries must not hold room that live records need.
+        engine.purge(&|| false);
+    }
+    // Wall-clock deadlines become cache deadlines through one reading of
+    // both clocks.
+    let now = engine.now();
+    let system_now = engine.system_now();
+    let mut records = Vec::with_capacity(snapshot.len());
+    for entry in snapshot {
+        match entry.expires_at.duration_since(system_now) {
+            Ok(left) if !left.is_zero() => {
+                records.push((now.after(Span::from_duration(left)), entry));
+            }
+            _ => report.skipped_expired += 1,
+        }
+    }
+    // Latest deadlines first: if room runs out, the records kept are those
+    // that would have been kept longest, and a key listed twice keeps its
+    // latest record.
+    records.sort_by_key(|&(deadline, _)| std::cmp::Reverse(deadline));
+    for (deadline, entry) in records {
+        let record = Restore {
+            hash: engine.hash(&entry.key),
+            key: entry.key,
+            value: entry.value,
+            deadline,
+            fingerprint: entry.fingerprint,
+        };
+        match engine.restore_record(record) {
+            Some(Restored::Stored) => report.restored += 1,
+            Some(Restored::Expired) => report.skipped_expired += 1,
+            Some(Restored::Present) => report.skipped_present += 1,
+            None => report.refused_capacity += 1,
+        }
+    }
+    report
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+
+    /// One shard, so every key shares one slab; manual time.
+    fn one_shard() -> (Cache<u32, u32>, ManualClock) {
+        let clock = ManualClock::new();
+        let cache = Cache::builder()
+            .shards(1)
+            .clock(clock.clone())
+            .hasher(ahash::RandomState::with_seeds(1, 2, 3, 4))
+            .build()
+            .unwrap();
+        (cache, clock)
+    }
+
+    #[test]
+    fn a_snapshot_copied_in_batches_misses_nothing_when_a_compaction_moves_entries() {
+        let (cache, clock) = one_shard();
+        // Miri is slow: fewer batches there, still several.
+        let churn = if cfg!(miri) { 4 } else { 32 } * SNAPSHOT_BATCH as u32;
+        for key in 0..churn {
+            cache.insert_with_ttl(key, key, Duration::from_secs(1));
+        }
+        // The records that must be in the snapshot sit in the last slots.
+        let stable = churn..churn + 100;
+        for key in stable.clone() {
+            cache.insert(key, key);
+        }
+        clock.advance(Duration::from_secs(2));
+        let mut holds = 0;
+        let snapshot = take_snapshot(&cache.engine, copy_record, || {
+            holds += 1;
+            if holds == 1 {
+                // Between the first two holds: reclaim the churn, which
+                // leaves the slab 2% full, so it is compacted and the
+                // stable records move to the first slots.
+                assert_eq!(cache.purge_expired(), churn as usize);
+            }
+        });
+        let mut keys: Vec<u32> = snapshot.iter().map(|e| e.key).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, stable.collect::<Vec<_>>());
+        assert!(holds >= 2, "the shard was copied in several holds");
+    }
+
+    #[test]
+    fn a_shard_compacted_over_and_over_is_copied_in_one_hold_at_last() {
+        let (cache, clock) = one_shard();
+        let churn = if cfg!(miri) { 2 } else { 16 } * SNAPSHOT_BATCH as u32;
+        let refill = |base: u32| {
+            for key in base..base + churn {
+                cache.insert_with_ttl(key, key, Duration::from_secs(1));
+            }
+        };
+        refill(1_000_000);
+        cache.insert(7, 7);
+        let mut round = 0;
+        let snapshot = take_snapshot(&cache.engine, copy_record, || {
+            // After every hold: expire, compact and refill (no limit).
+            round += 1;
+            clock.advance(Duration::from_secs(2));
+            cache.purge_expired();
+            refill(1_000_000 * (round + 1));
+        });
+        assert!(snapshot.iter().any(|e| e.key == 7));
     }
 }

@@ -124,7 +124,8 @@ impl<K: Serialize, V: Serialize> Snapshot<K, V> {
 
     /// For the fuzz target: `payload` framed as a well-formed file for this
     /// snapshot type (header, checksum, type tag), so that the fuzzer
-    /// reaches the snapshot decoder. Not part of the stable API.
+    /// reaches the snapshot decoder. Compiled for tests and fuzzing only.
+    #[cfg(any(test, fuzzing))]
     #[doc(hidden)]
     pub fn __frame_payload(payload: &[u8]) -> Vec<u8> {
         let mut out = postcard::to_extend(&TypeTag::of::<K, V>(), vec![0; HEADER_LEN])
@@ -216,11 +217,17 @@ where
         // Under the cache's save lock: an older snapshot (a periodic save
         // in progress) is never written over this one.
         let mut taken = None;
-        let saved = self.shared.persistence.save_explicitly(path, || {
+        let saved = {
+            let _saving = self.engine.snapshot_lock.lock();
             let snapshot = taken.insert(self.snapshot());
             snapshot.save_to(path).map(|()| snapshot.len())
-        });
+        };
         drop(taken); // user `Drop` code, after the save lock
+        if saved.is_ok() {
+            // The user chose to replace this file: if it is the periodic
+            // one, periodic saves may replace it too.
+            self.loaded_or_saved(path);
+        }
         saved
     }
 }
@@ -248,8 +255,42 @@ where
         let report = self.restore(snapshot);
         // The periodic file's records are in the cache now: its saves may
         // replace it.
-        self.shared.persistence.loaded_or_saved(path);
+        self.loaded_or_saved(path);
         Ok(report)
+    }
+}
+
+impl<K, V, S> Cache<K, V, S> {
+    /// The cache has loaded `path` or saved to it explicitly: if that is
+    /// its periodic snapshot file, periodic saves may replace it.
+    fn loaded_or_saved(&self, path: &Path) {
+        if let Some(snapshots) = &self.handles().snapshots {
+            snapshots.loaded_or_saved(path);
+        }
+    }
+
+    /// How the [periodic snapshots](crate::CacheBuilder::snapshot_every)
+    /// are going; `None` when the cache has none.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use idemcache::Cache;
+    ///
+    /// # let dir = std::env::temp_dir().join(format!("idemcache-doc-status-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// let path = dir.join("records.snapshot");
+    /// let cache: Cache<String, String> = Cache::builder()
+    ///     .snapshot_every(&path, Duration::from_secs(10))
+    ///     .build()?;
+    /// assert_eq!(cache.snapshot_status().unwrap().saved, 0);
+    /// cache.shutdown()?; // the final snapshot
+    /// assert_eq!(cache.snapshot_status().unwrap().saved, 1);
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn snapshot_status(&self) -> Option<crate::SnapshotStatus> {
+        let snapshots = self.handles().snapshots.as_ref();
+        snapshots.map(|snapshots| snapshots.status())
     }
 }
 

@@ -20,6 +20,7 @@
 /// assert_eq!((stats.inserts, stats.hits, stats.misses), (1, 1, 1));
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct Stats {
     /// Lookups (`get`, `get_or_compute`) that found a live value.
     pub hits: u64,
@@ -48,16 +49,24 @@ pub struct Stats {
     /// Claims whose fingerprint differed from the record's or the claim in
     /// progress ([`Claim::Mismatch`](crate::Claim::Mismatch)).
     pub mismatches: u64,
-    /// Claims released without a result (explicitly, by drop, panic or a
-    /// dropped future).
+    /// Claims released without a result ([`Reservation::release`](crate::Reservation::release)).
     pub releases: u64,
-    /// Claims whose lease lapsed and were taken over by a newer caller.
+    /// Claims abandoned: their reservation was dropped unfinished (by a
+    /// panic or a dropped future, say) or
+    /// [`abandon`](crate::Reservation::abandon)ed. Each holds its key until
+    /// its lease lapses.
+    pub abandoned: u64,
+    /// Claims whose lease lapsed, ended when a newer caller took the key
+    /// over, or reclaimed by a purge or a full cache.
     pub lease_expiries: u64,
     /// Completions and renewals refused because a newer claim holds the key.
     pub fenced: u64,
-    /// Claims and writes refused because the cache was full and no room
-    /// could be made ([`Claim::Full`](crate::Claim::Full)).
-    pub refused: u64,
+    /// Claims refused because the cache was full and no room could be made
+    /// ([`Claim::Full`](crate::Claim::Full)).
+    pub refused_claims: u64,
+    /// Writes (`insert`, computed values) not stored because the cache was
+    /// full and no room could be made.
+    pub refused_inserts: u64,
 }
 
 impl Stats {
@@ -75,12 +84,24 @@ impl Stats {
         self.in_progress += other.in_progress;
         self.mismatches += other.mismatches;
         self.releases += other.releases;
+        self.abandoned += other.abandoned;
         self.lease_expiries += other.lease_expiries;
         self.fenced += other.fenced;
-        self.refused += other.refused;
+        self.refused_claims += other.refused_claims;
+        self.refused_inserts += other.refused_inserts;
     }
 
     /// Fraction of lookups that were hits, or `0.0` before any lookup.
+    ///
+    /// ```
+    /// use idemcache::Cache;
+    ///
+    /// let cache: Cache<u8, u8> = Cache::new();
+    /// cache.insert(1, 1);
+    /// cache.get(&1);
+    /// cache.get(&2);
+    /// assert_eq!(cache.stats().hit_ratio(), 0.5);
+    /// ```
     pub fn hit_ratio(&self) -> f64 {
         let lookups = self.hits + self.misses;
         if lookups == 0 {

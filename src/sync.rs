@@ -14,7 +14,7 @@ mod inner {
     pub(crate) use parking_lot::{Condvar, Mutex};
     pub(crate) use std::sync::Arc;
     pub(crate) mod atomic {
-        pub(crate) use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+        pub(crate) use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
     }
     pub(crate) mod thread {
         pub(crate) use std::thread::{Builder, JoinHandle, current, yield_now};
@@ -35,7 +35,7 @@ mod inner {
 
     pub(crate) use loom::sync::Arc;
     pub(crate) mod atomic {
-        pub(crate) use loom::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+        pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
     }
     pub(crate) mod thread {
         pub(crate) use loom::thread::{Builder, JoinHandle, current, yield_now};

@@ -17,14 +17,14 @@ use std::hash::{BuildHasher, Hash};
 use hashbrown::HashTable;
 
 use crate::Fingerprint;
+use crate::clock::CacheTime;
 
 /// A stored value and when it stops being returned.
 pub(crate) struct Entry<K, V> {
     pub(crate) key: K,
     pub(crate) value: V,
-    /// Nanoseconds since the cache's epoch at which the entry expires: it is
-    /// live while `now < deadline`.
-    pub(crate) deadline: u64,
+    /// When the entry expires: it is live while `now < deadline`.
+    pub(crate) deadline: CacheTime,
     /// Which write produced this version of the entry: a per-shard counter
     /// (wrapping after 2³² writes), matched by the deadline queue.
     pub(crate) seq: u32,
