@@ -365,6 +365,11 @@ mod error;
 pub mod key;
 mod stats;
 mod sync;
+// Lets the reference model shared with the `ops` fuzz target name the crate
+// `idemcache` from inside it (the unit tests in `src/tests/`).
+extern crate self as idemcache;
+#[cfg(all(test, not(loom)))]
+mod tests;
 
 pub use builder::{CacheBuilder, DEFAULT_LEASE, DEFAULT_TIME_TO_LIVE, MAX_SHARDS};
 pub use cache::Cache;

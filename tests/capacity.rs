@@ -1,6 +1,11 @@
 //! Semantic 5: `max_entries` is a hard bound; a full cache reclaims expired
-//! entries first, then evicts the soonest deadline; the written entry and
+//! entries and lapsed claims first; then, by default (`Refuse`), it refuses
+//! rather than forget a live record, and only under the opt-in
+//! `EvictSoonest` evicts the soonest deadline; the written entry and
 //! computations in progress are never evicted.
+//!
+//! Most eviction tests here opt into `EvictSoonest` (`evicting_cache`);
+//! the default policy has its own section at the end.
 
 mod common;
 
@@ -8,15 +13,30 @@ use std::convert::Infallible;
 use std::sync::{Arc, Barrier, mpsc};
 use std::time::Duration;
 
-use common::{FRAGILE_HASH, FragileKey, manual_cache};
-use idemcache::Cache;
+use common::{FRAGILE_HASH, FragileKey, manual_cache, manual_cache_with};
+use idemcache::clock::ManualClock;
+use idemcache::{Cache, CapacityPolicy, Claim, Waited};
 
 const SEC: Duration = Duration::from_secs(1);
+
+/// A manual-clock cache that evicts live entries when full (the opt-in
+/// pure-cache policy).
+fn evicting_cache<K, V>(
+    ttl: Duration,
+    shards: usize,
+    max_entries: Option<usize>,
+) -> (Cache<K, V, ahash::RandomState>, ManualClock)
+where
+    K: std::hash::Hash + Eq + Clone + Send + 'static,
+    V: Clone + Send + 'static,
+{
+    manual_cache_with(ttl, shards, max_entries, CapacityPolicy::EvictSoonest)
+}
 
 #[test]
 fn len_never_exceeds_max_entries() {
     for shards in [1, 3, 16] {
-        let (cache, clock) = manual_cache::<u64, u64>(SEC * 100, shards, Some(10));
+        let (cache, clock) = evicting_cache::<u64, u64>(SEC * 100, shards, Some(10));
         for i in 0..1_000 {
             cache.insert(i, i);
             assert!(
@@ -38,7 +58,12 @@ fn len_never_exceeds_max_entries() {
 #[test]
 fn bound_holds_under_concurrent_writers() {
     const WRITES: u64 = if cfg!(miri) { 300 } else { 20_000 };
-    let cache: Cache<u64, u64> = Cache::builder().max_entries(64).shards(8).build().unwrap();
+    let cache: Cache<u64, u64> = Cache::builder()
+        .max_entries(64)
+        .shards(8)
+        .capacity_policy(CapacityPolicy::EvictSoonest)
+        .build()
+        .unwrap();
     let start = Barrier::new(3);
     std::thread::scope(|s| {
         for t in 0..2u64 {
@@ -61,7 +86,7 @@ fn bound_holds_under_concurrent_writers() {
 
 #[test]
 fn full_single_shard_evicts_exactly_the_soonest_deadline() {
-    let (cache, _clock) = manual_cache::<&str, u32>(SEC * 100, 1, Some(3));
+    let (cache, _clock) = evicting_cache::<&str, u32>(SEC * 100, 1, Some(3));
     cache.insert_with_ttl("a", 1, SEC * 30);
     cache.insert_with_ttl("b", 2, SEC * 10);
     cache.insert_with_ttl("c", 3, SEC * 20);
@@ -76,7 +101,7 @@ fn full_single_shard_evicts_exactly_the_soonest_deadline() {
 
 #[test]
 fn equal_deadlines_evict_the_oldest_write_first() {
-    let (cache, _clock) = manual_cache::<&str, u32>(SEC * 100, 1, Some(2));
+    let (cache, _clock) = evicting_cache::<&str, u32>(SEC * 100, 1, Some(2));
     cache.insert("a", 1);
     cache.insert("b", 2);
     cache.insert("c", 3); // same instant, same TTL: "a" was written first
@@ -86,7 +111,7 @@ fn equal_deadlines_evict_the_oldest_write_first() {
 
 #[test]
 fn full_cache_reclaims_expired_before_evicting_live() {
-    let (cache, clock) = manual_cache::<&str, u32>(SEC * 100, 1, Some(3));
+    let (cache, clock) = evicting_cache::<&str, u32>(SEC * 100, 1, Some(3));
     cache.insert("live-soon", 1); // deadline 100 s
     cache.insert_with_ttl("expiring", 2, SEC * 150);
     cache.insert_with_ttl("short", 3, SEC);
@@ -101,7 +126,7 @@ fn full_cache_reclaims_expired_before_evicting_live() {
 
 #[test]
 fn the_entry_being_written_is_never_evicted() {
-    let (cache, _clock) = manual_cache::<u32, u32>(SEC * 100, 1, Some(2));
+    let (cache, _clock) = evicting_cache::<u32, u32>(SEC * 100, 1, Some(2));
     cache.insert(1, 1);
     cache.insert(2, 2);
     // The new entry has by far the soonest deadline, yet it is stored.
@@ -118,7 +143,7 @@ fn the_entry_being_written_is_never_evicted() {
 fn multi_shard_full_cache_makes_room_even_when_the_written_shard_is_empty() {
     // One entry allowed across 16 shards: every other write lands on a shard
     // that holds nothing and must take room from another.
-    let (cache, _clock) = manual_cache::<u32, u32>(SEC * 100, 16, Some(1));
+    let (cache, _clock) = evicting_cache::<u32, u32>(SEC * 100, 16, Some(1));
     for i in 0..200 {
         cache.insert(i, i);
         assert_eq!(cache.len(), 1);
@@ -128,7 +153,7 @@ fn multi_shard_full_cache_makes_room_even_when_the_written_shard_is_empty() {
 
 #[test]
 fn computations_in_progress_do_not_count_and_are_not_evicted() {
-    let (cache, _clock) = manual_cache::<u32, u32>(SEC * 100, 1, Some(2));
+    let (cache, _clock) = evicting_cache::<u32, u32>(SEC * 100, 1, Some(2));
     let (entered_tx, entered_rx) = mpsc::channel();
     let (release_tx, release_rx) = mpsc::channel::<()>();
     std::thread::scope(|s| {
@@ -159,7 +184,7 @@ fn computations_in_progress_do_not_count_and_are_not_evicted() {
 #[test]
 fn evicted_and_reclaimed_values_are_dropped() {
     let live = Arc::new(std::sync::atomic::AtomicIsize::new(0));
-    let (cache, clock) = manual_cache::<u32, common::Tracked>(SEC, 2, Some(5));
+    let (cache, clock) = evicting_cache::<u32, common::Tracked>(SEC, 2, Some(5));
     for i in 0..50 {
         cache.insert(i, common::Tracked::new(u64::from(i), &live));
     }
@@ -219,4 +244,126 @@ fn a_panicking_hash_part_way_through_a_purge_leaks_no_room() {
     }
     assert_eq!(cache.len(), 10);
     assert_eq!(cache.stats().evictions, 0);
+}
+
+// The default policy: never forget a live record --------------------------------
+
+/// The trial's second failure: with `max_entries` set and default settings,
+/// a retried key was evicted and ran again (4 charges for 3 requests). Now
+/// every retry of a live record replays, and new keys get `Full` instead.
+#[test]
+fn a_bounded_cache_with_default_settings_never_reexecutes_a_retried_key_while_its_record_is_live() {
+    for shards in [1, 4] {
+        let (cache, _clock) = manual_cache::<u32, u32>(SEC * 3600, shards, Some(3));
+        let mut executions = 0;
+        let mut full = 0;
+        // Ten requests, each retried three times; the cache holds three.
+        for request in 0..10 {
+            for _attempt in 0..3 {
+                match cache.claim(request, None) {
+                    Claim::Acquired(r) => {
+                        executions += 1;
+                        r.complete(request * 10).unwrap();
+                    }
+                    Claim::Completed(replay) => assert_eq!(*replay.value(), request * 10),
+                    Claim::Full => full += 1,
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        }
+        assert_eq!(
+            executions, 3,
+            "{shards} shards: each stored request ran once"
+        );
+        assert_eq!(
+            full,
+            7 * 3,
+            "{shards} shards: the rest were refused, never run"
+        );
+        for request in 0..3 {
+            assert!(
+                matches!(cache.claim(request, None), Claim::Completed(_)),
+                "{shards} shards: request {request} is still replayed"
+            );
+        }
+        assert_eq!(cache.stats().evictions, 0);
+        assert_eq!(cache.stats().refused_claims, 21);
+    }
+}
+
+/// Reproduced in the issue: two abandoned claims with `max_entries(2)`,
+/// leases lapsed, and a third key got `Full` until `purge_expired()` ran.
+#[test]
+fn a_full_cache_reclaims_lapsed_claims_before_answering_full() {
+    for shards in [1, 8] {
+        let clock = ManualClock::new();
+        let cache: Cache<u32, u32> = Cache::builder()
+            .max_entries(2)
+            .shards(shards)
+            .lease(SEC * 10)
+            .clock(clock.clone())
+            .build()
+            .unwrap();
+        for key in [1, 2] {
+            let Claim::Acquired(r) = cache.claim(key, None) else {
+                panic!("room for two claims")
+            };
+            drop(r); // abandoned: holds its unit until the lease lapses
+        }
+        assert!(
+            matches!(cache.claim(3, None), Claim::Full),
+            "leases still live"
+        );
+        clock.advance(SEC * 10);
+        let Claim::Acquired(r) = cache.claim(3, None) else {
+            panic!("{shards} shards: a lapsed claim's room is reclaimed without a purge")
+        };
+        r.complete(30).unwrap();
+        cache.insert(4, 40); // the other lapsed claim's room
+        assert_eq!((cache.get(&3), cache.get(&4)), (Some(30), Some(40)));
+        assert_eq!(cache.claims_in_progress(), 0);
+        assert_eq!(cache.stats().lease_expiries, 2);
+    }
+}
+
+#[test]
+fn a_full_cache_refuses_inserts_and_computed_values_but_keeps_live_records() {
+    let (cache, clock) = manual_cache::<u32, u32>(SEC * 10, 1, Some(2));
+    cache.insert(1, 10);
+    cache.insert(2, 20);
+    cache.insert(3, 30);
+    assert_eq!(cache.get_or_compute(4, || Ok::<_, Infallible>(40)), Ok(40));
+    assert_eq!((cache.get(&1), cache.get(&2)), (Some(10), Some(20)));
+    assert_eq!((cache.get(&3), cache.get(&4)), (None, None));
+    assert_eq!(cache.stats().refused_inserts, 2);
+    assert_eq!(cache.stats().evictions, 0);
+    // Expired records make room again, without a purge.
+    clock.advance(SEC * 10);
+    cache.insert(3, 30);
+    assert_eq!(cache.get(&3), Some(30));
+}
+
+#[test]
+fn waiters_of_an_abandoned_claim_are_told_at_once_with_the_time_until_it_frees() {
+    let clock = ManualClock::new();
+    let cache: Cache<u32, u32> = Cache::builder()
+        .lease(SEC * 30)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let Claim::Acquired(r) = cache.claim(1, None) else {
+        panic!()
+    };
+    let Claim::InProgress(pending) = cache.claim(1, None) else {
+        panic!()
+    };
+    let (tx, rx) = mpsc::channel();
+    let waiter = std::thread::spawn(move || tx.send(pending.wait_timeout(SEC * 3600)).unwrap());
+    clock.advance(SEC * 10);
+    drop(r);
+    let waited = rx
+        .recv_timeout(SEC * 10)
+        .expect("woken at once, not at the lapse");
+    assert_eq!(waited, Waited::Abandoned { frees_in: SEC * 20 });
+    waiter.join().unwrap();
 }

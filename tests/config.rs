@@ -28,6 +28,7 @@ fn a_toml_file_sets_every_option_with_human_durations() {
             background_eviction: Some(Duration::from_secs(1)),
             lease: Duration::from_secs(90),
             capacity_policy: CapacityPolicy::Refuse,
+            ..CacheConfig::default()
         }
     );
     let cache: Cache<String, String> = config.build().unwrap();
@@ -91,10 +92,67 @@ fn a_config_round_trips_through_json_and_toml() {
         background_eviction: Some(Duration::from_millis(250)),
         lease: Duration::from_secs(60),
         capacity_policy: CapacityPolicy::EvictSoonest,
+        ..CacheConfig::default()
     };
     let json = serde_json::to_string(&config).unwrap();
     assert!(json.contains(r#""time_to_live":"1m 30s""#), "{json}");
     assert_eq!(serde_json::from_str::<CacheConfig>(&json).unwrap(), config);
     let text = toml::to_string(&config).unwrap();
     assert_eq!(toml::from_str::<CacheConfig>(&text).unwrap(), config);
+}
+
+#[test]
+fn the_default_capacity_policy_is_refuse() {
+    assert_eq!(
+        CacheConfig::default().capacity_policy,
+        CapacityPolicy::Refuse
+    );
+    let cache: Cache<u8, u8> = Cache::builder().max_entries(1).build().unwrap();
+    assert_eq!(cache.capacity_policy(), CapacityPolicy::Refuse);
+}
+
+#[cfg(feature = "persistence")]
+#[test]
+fn a_snapshot_section_configures_periodic_snapshots() {
+    let dir = std::env::temp_dir().join(format!("idemcache-config-snap-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("records.snapshot");
+    let config: CacheConfig = toml::from_str(&format!(
+        "[snapshot]\npath = \"{}\"\nevery = \"10s\"\n",
+        path.display()
+    ))
+    .unwrap();
+    let snapshot = config.snapshot.clone().unwrap();
+    assert_eq!(
+        (snapshot.path.as_path(), snapshot.every),
+        (path.as_path(), Duration::from_secs(10))
+    );
+
+    let cache: Cache<String, String> = Cache::builder()
+        .config_with_snapshots(&config)
+        .build()
+        .unwrap();
+    assert_eq!(cache.snapshot_status().unwrap().path, path);
+    cache.insert("k".to_string(), "v".to_string());
+    cache.shutdown().unwrap();
+    assert!(
+        path.exists(),
+        "the final snapshot went to the configured path"
+    );
+
+    // `config` cannot apply the section (it needs serializable types): it
+    // says so at build instead of silently ignoring it.
+    let err = Cache::<String, String>::builder()
+        .config(&config)
+        .build()
+        .unwrap_err();
+    assert_eq!(err, idemcache::BuildError::SnapshotNotApplied);
+    assert_eq!(err.field(), "snapshot");
+
+    // Unknown fields in the section are rejected, like everywhere else.
+    assert!(
+        toml::from_str::<CacheConfig>("[snapshot]\npath = \"x\"\nevery = \"1s\"\nevry = 1\n")
+            .is_err()
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -15,7 +15,8 @@ use std::time::Duration;
 use common::wait_until;
 use idemcache::clock::{Clock, ManualClock};
 use idemcache::{
-    BuildError, Cache, CapacityPolicy, Claim, DEFAULT_LEASE, Fingerprint, Replay, Waited, key,
+    BuildError, Cache, CapacityPolicy, Claim, Completion, DEFAULT_LEASE, Fingerprint, NotStored,
+    Replay, Waited, key,
 };
 
 const SEC: Duration = Duration::from_secs(1);
@@ -232,19 +233,41 @@ fn complete_stores_the_result_and_wakes_waiters() {
 }
 
 #[test]
-fn release_and_drop_free_the_key_and_tell_waiters() {
+fn release_frees_the_key_at_once_and_tells_waiters() {
     let (cache, _clock) = cache();
-    for how in ["release", "drop", "panic"] {
+    let Claim::Acquired(reservation) = cache.claim(k("key"), fp("a")) else {
+        panic!()
+    };
+    let Claim::InProgress(pending) = cache.claim(k("key"), fp("a")) else {
+        panic!()
+    };
+    reservation.release();
+    assert_eq!(pending.wait_timeout(SEC * 10), Waited::Released);
+    assert_eq!(cache.get("key"), None, "nothing stored");
+    // Nothing kept, not even the fingerprint: another request may use it.
+    let Claim::Acquired(again) = cache.claim(k("key"), fp("b")) else {
+        panic!("free again")
+    };
+    again.release();
+    assert_eq!(cache.stats().releases, 2);
+}
+
+#[test]
+fn dropping_or_panicking_abandons_the_claim_until_its_lease_lapses() {
+    let (cache, clock) = cache_with(SEC * 30, None, CapacityPolicy::Refuse);
+    for how in ["drop", "panic", "abandon"] {
         let key = k(how);
         let Claim::Acquired(reservation) = cache.claim(key.clone(), fp("a")) else {
             panic!()
         };
+        let token = reservation.token();
         let Claim::InProgress(pending) = cache.claim(key.clone(), fp("a")) else {
             panic!()
         };
+        clock.advance(SEC * 5);
         match how {
-            "release" => reservation.release(),
             "drop" => drop(reservation),
+            "abandon" => reservation.abandon(),
             _ => {
                 let unwound = catch_unwind(AssertUnwindSafe(move || {
                     let _held = reservation;
@@ -253,45 +276,84 @@ fn release_and_drop_free_the_key_and_tell_waiters() {
                 assert!(unwound.is_err());
             }
         }
-        assert_eq!(pending.wait_timeout(SEC * 10), Waited::Released, "{how}");
-        assert_eq!(cache.get(&key), None, "{how}: nothing stored");
-        assert!(
-            matches!(cache.claim(key, fp("a")), Claim::Acquired(_)),
-            "{how}: free again"
+        // Waiters are told at once, with the time until the key frees.
+        assert_eq!(
+            pending.wait_timeout(SEC * 10),
+            Waited::Abandoned { frees_in: SEC * 25 },
+            "{how}"
         );
+        assert_eq!(cache.get(&key), None, "{how}: nothing stored");
+        // Retries do not run the request again while the lease lasts.
+        clock.advance(SEC * 25 - Duration::from_nanos(1));
+        let Claim::InProgress(retry) = cache.claim(key.clone(), fp("a")) else {
+            panic!("{how}: the key is still held")
+        };
+        assert!(retry.is_abandoned(), "{how}");
+        assert_eq!(retry.lease_remaining(), Some(Duration::from_nanos(1)));
+        assert_eq!(retry.retry_after(), SEC, "{how}: the time until it frees");
+        assert_eq!(
+            retry.wait_timeout(SEC),
+            Waited::Abandoned {
+                frees_in: Duration::from_nanos(1)
+            }
+        );
+        // Once it lapses, the next claim takes over with a larger token.
+        clock.advance(Duration::from_nanos(1));
+        let Claim::Acquired(next) = cache.claim(key, fp("a")) else {
+            panic!("{how}: free after the lease")
+        };
+        assert!(next.token() > token);
+        next.release();
     }
-    assert_eq!(
-        cache.stats().releases,
-        6,
-        "3 explicit + the 3 re-claims dropped"
-    );
+    let stats = cache.stats();
+    assert_eq!((stats.abandoned, stats.lease_expiries), (3, 3));
 }
 
+/// The trial's first failure: a client timed out, the server dropped the
+/// handler's future (and with it the reservation) after the charge, and
+/// every retry charged again (9 charges for 1 request).
 #[tokio::test]
-async fn dropping_the_future_that_holds_a_reservation_releases_it() {
-    let (cache, _clock) = cache();
-    let handler = {
-        let cache = cache.clone();
+async fn a_claim_whose_holder_is_dropped_mid_flight_is_not_reexecuted_before_its_lease_lapses() {
+    let (cache, clock) = cache_with(SEC * 60, None, CapacityPolicy::Refuse);
+    let charges = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let handle = |cache: TestCache, charges: std::sync::Arc<std::sync::atomic::AtomicUsize>| {
         tokio::spawn(async move {
-            let Claim::Acquired(reservation) = cache.claim(k("key"), None) else {
-                panic!()
-            };
-            std::future::pending::<()>().await; // a handler that hangs
-            reservation.complete(k("never")).unwrap();
+            match cache.claim(k("key"), fp("charge 42")) {
+                Claim::Acquired(reservation) => {
+                    charges.fetch_add(1, Ordering::SeqCst); // the side effect
+                    std::future::pending::<()>().await; // a slow downstream
+                    reservation.complete(k("receipt")).unwrap();
+                    "executed"
+                }
+                Claim::InProgress(_) => "409",
+                Claim::Completed(_) => "replayed",
+                _ => "other",
+            }
         })
     };
-    while cache.stats().acquired == 0 {
+    let first = handle(cache.clone(), charges.clone());
+    while charges.load(Ordering::SeqCst) == 0 {
         tokio::task::yield_now().await;
     }
-    let Claim::InProgress(pending) = cache.claim(k("key"), None) else {
+    let Claim::InProgress(pending) = cache.claim(k("key"), fp("charge 42")) else {
         panic!()
     };
-    handler.abort();
+    first.abort(); // the client disconnected: the server drops the future
     let waited = tokio::time::timeout(SEC * 10, pending.wait_async())
         .await
         .unwrap();
-    assert_eq!(waited, Waited::Released);
-    assert!(matches!(cache.claim(k("key"), None), Claim::Acquired(_)));
+    assert!(matches!(waited, Waited::Abandoned { .. }), "{waited:?}");
+    for _retry in 0..8 {
+        clock.advance(SEC * 5);
+        let answer = handle(cache.clone(), charges.clone()).await.unwrap();
+        assert_eq!(answer, "409", "a retry within the lease does not run");
+    }
+    assert_eq!(charges.load(Ordering::SeqCst), 1, "charged once");
+    clock.advance(SEC * 20); // 60 s after the claim: the lease lapsed
+    assert!(matches!(
+        cache.claim(k("key"), fp("charge 42")),
+        Claim::Acquired(_)
+    ));
 }
 
 #[test]
@@ -321,7 +383,20 @@ fn a_lapsed_lease_lets_a_new_claim_in_and_fences_the_old_one() {
         panic!()
     };
     assert_eq!(pending.lease_remaining(), Some(SEC * 30));
-    assert_eq!(pending.retry_after(), SEC * 30);
+    assert_eq!(pending.running_for(), Duration::ZERO);
+    assert_eq!(pending.retry_after(), SEC, "just started: a short hint");
+    clock.advance(SEC * 10);
+    assert_eq!(pending.running_for(), SEC * 10);
+    assert_eq!(pending.lease_remaining(), Some(SEC * 20), "live, not fixed");
+    assert_eq!(pending.retry_after(), SEC * 10, "about as long again");
+    clock.advance(SEC * 10);
+    assert_eq!(pending.retry_after(), SEC * 10, "never past the lease");
+    clock.advance(SEC * 10);
+    assert_eq!(
+        old.renew().unwrap(),
+        SEC * 30,
+        "renewed before anyone took over"
+    );
 
     clock.advance(SEC * 30 - Duration::from_nanos(1));
     assert!(matches!(
@@ -334,7 +409,7 @@ fn a_lapsed_lease_lets_a_new_claim_in_and_fences_the_old_one() {
     };
     assert!(new.token() > old.token(), "fencing tokens increase per key");
     // The waiter on the old claim is told it is gone.
-    assert_eq!(pending.wait_timeout(SEC), Waited::Released);
+    assert_eq!(pending.wait_timeout(SEC), Waited::Lapsed);
 
     // The stale holder can neither renew nor complete; its value comes back.
     assert!(old.renew().is_err());
@@ -521,11 +596,14 @@ fn claims_count_against_max_entries_and_are_never_evicted() {
         !cache.contains_key("d"),
         "no room: the insert is refused, no flight evicted"
     );
-    assert_eq!(cache.stats().refused, 2);
+    assert_eq!(
+        (cache.stats().refused_claims, cache.stats().refused_inserts),
+        (1, 1)
+    );
     a.complete(k("a")).unwrap();
     b.complete(k("b")).unwrap();
     assert_eq!(cache.len(), 2);
-    // Completed records may be evicted under the default policy.
+    // Completed records may be evicted under the opt-in EvictSoonest.
     assert!(matches!(cache.claim(k("c"), None), Claim::Acquired(_)));
     assert_eq!(cache.stats().evictions, 1);
 }
@@ -552,7 +630,10 @@ fn refuse_policy_never_evicts_unexpired_records() {
     assert_eq!(cache.get("d"), None);
     assert_eq!(cache.get("e"), None, "computed and returned, not stored");
     assert_eq!(cache.stats().evictions, 0);
-    assert_eq!(cache.stats().refused, 3);
+    assert_eq!(
+        (cache.stats().refused_claims, cache.stats().refused_inserts),
+        (1, 2)
+    );
     // Once records expire, there is room again.
     clock.advance(SEC * 10);
     assert!(matches!(cache.claim(k("c"), None), Claim::Acquired(_)));
@@ -594,7 +675,6 @@ fn a_replay_says_when_it_expires_and_that_it_is_a_replay() {
     // Wall-clock time as the cache's clock sees it: a manual clock's moves
     // with it, exactly.
     assert_eq!(replay.expires_at(), clock.system_time() + SEC * 60);
-    assert!(replay.is_replay());
     assert_eq!(Replay::<String>::HEADER, ("Idempotent-Replayed", "true"));
 }
 
@@ -626,7 +706,7 @@ fn protocol_outcomes_are_counted() {
         (3, 1, 1, 1)
     );
     assert_eq!(
-        (s.releases, s.lease_expiries, s.fenced, s.refused),
+        (s.releases, s.lease_expiries, s.fenced, s.refused_claims),
         (1, 1, 1, 1)
     );
 }
@@ -719,7 +799,7 @@ fn a_refused_insert_does_not_cancel_a_running_claim() {
         panic!()
     };
     cache.insert(1, 5); // the claim holds the only unit: refused
-    assert_eq!(cache.stats().refused, 1);
+    assert_eq!(cache.stats().refused_inserts, 1);
     r.complete(7).unwrap();
     assert_eq!(cache.get(&1), Some(7), "the claim's result is stored");
     assert!(matches!(cache.claim(1, None), Claim::Completed(_)));
@@ -768,9 +848,15 @@ impl PartialEq for PanickyValue {
 }
 
 #[test]
-fn a_panicking_value_clone_in_complete_releases_the_claim_and_wakes_waiters() {
+fn a_panicking_value_clone_in_complete_abandons_the_claim_and_wakes_waiters() {
     let armed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let cache: Cache<u32, PanickyValue> = Cache::builder().max_entries(1).build().unwrap();
+    let clock = ManualClock::new();
+    let cache: Cache<u32, PanickyValue> = Cache::builder()
+        .max_entries(1)
+        .lease(SEC * 10)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
     let Claim::Acquired(r) = cache.claim(1, None) else {
         panic!()
     };
@@ -783,41 +869,80 @@ fn a_panicking_value_clone_in_complete_releases_the_claim_and_wakes_waiters() {
     armed.store(false, Ordering::SeqCst);
     assert_eq!(
         pending.wait_timeout(SEC * 10),
-        Waited::Released,
+        Waited::Abandoned { frees_in: SEC * 10 },
         "the waiter is not left hanging"
     );
+    assert!(matches!(cache.claim(1, None), Claim::InProgress(_)), "held");
+    clock.advance(SEC * 10);
     assert!(
         matches!(cache.claim(1, None), Claim::Acquired(_)),
-        "the key and its room are free"
+        "the key and its room are free after the lease"
     );
 }
 
 #[test]
 fn purge_ends_lapsed_claims_that_nobody_took_over() {
-    let (cache, clock) = cache_with(SEC, Some(1), CapacityPolicy::EvictSoonest);
+    let (cache, clock) = cache_with(SEC, Some(1), CapacityPolicy::Refuse);
     let Claim::Acquired(forgotten) = cache.claim(k("a"), None) else {
         panic!()
     };
     let Claim::InProgress(pending) = cache.claim(k("a"), None) else {
         panic!()
     };
-    clock.advance(SEC);
     assert!(
         matches!(cache.claim(k("b"), None), Claim::Full),
-        "the lapsed claim still holds the room"
+        "the live claim holds the room"
     );
+    clock.advance(SEC);
     cache.purge_expired();
     assert_eq!(
         pending.wait_timeout(SEC),
-        Waited::Released,
+        Waited::Lapsed,
         "its waiters are told"
     );
+    assert_eq!(cache.claims_in_progress(), 0);
     assert!(matches!(cache.claim(k("b"), None), Claim::Acquired(_)));
     assert!(
         forgotten.complete(k("late")).is_err(),
         "the ended claim is fenced"
     );
     assert_eq!(cache.stats().lease_expiries, 1);
+}
+
+#[test]
+fn completion_reports_whether_the_value_was_stored() {
+    let (cache, _clock) = cache();
+    let Claim::Acquired(r) = cache.claim(k("a"), None) else {
+        panic!()
+    };
+    assert!(matches!(r.complete(k("v")), Ok(Completion::Stored { .. })));
+    let Claim::Acquired(r) = cache.claim(k("b"), None) else {
+        panic!()
+    };
+    cache.remove("b"); // invalidates the running claim's result
+    assert_eq!(
+        r.complete(k("v")),
+        Ok(Completion::NotStored(NotStored::Invalidated))
+    );
+    assert_eq!(cache.get("b"), None);
+}
+
+#[test]
+fn a_reservation_knows_when_it_is_stale() {
+    let (cache, clock) = cache_with(SEC * 10, None, CapacityPolicy::Refuse);
+    let Claim::Acquired(r) = cache.claim(k("a"), None) else {
+        panic!()
+    };
+    assert!(!r.is_stale());
+    clock.advance(SEC * 10);
+    assert!(r.is_stale(), "lapsed: a newer claim may take over");
+    let Claim::Acquired(newer) = cache.claim(k("a"), None) else {
+        panic!()
+    };
+    assert!(r.is_stale());
+    assert_eq!(r.renew().unwrap_err().token(), r.token());
+    assert!(!newer.is_stale());
+    newer.release();
 }
 
 #[tokio::test]

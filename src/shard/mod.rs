@@ -1031,3 +1031,215 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         Admission::Done(Restored::Stored)
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::capacity::CapacityPolicy;
+
+    type TestShard = Shard<u64, u64>;
+
+    fn hasher() -> ahash::RandomState {
+        ahash::RandomState::with_seeds(1, 2, 3, 4)
+    }
+
+    fn ctx<'a>(
+        now: u64,
+        capacity: Option<&'a Capacity>,
+        hasher: &'a ahash::RandomState,
+    ) -> Ctx<'a, ahash::RandomState> {
+        Ctx {
+            now: CacheTime::from_nanos(now),
+            capacity,
+            hasher,
+        }
+    }
+
+    fn put(shard: &mut TestShard, key: u64, deadline: u64, now: u64) {
+        let hasher = hasher();
+        let mut grave = Graveyard::new();
+        let write = Write {
+            hash: hasher.hash_one(key),
+            key: WriteKey::Owned(key),
+            value: key,
+            deadline: CacheTime::from_nanos(deadline),
+        };
+        let stored = shard.write(write, &ctx(now, None, &hasher), &mut grave);
+        assert!(matches!(stored, Admission::Done(WriteResult::Stored)));
+    }
+
+    #[test]
+    fn stale_queue_items_are_bounded_by_rebuilds() {
+        let mut shard = TestShard::new();
+        let rounds = if cfg!(miri) { 300 } else { 10_000 };
+        for round in 0..rounds {
+            put(&mut shard, round % 8, 1_000_000 + round, 0);
+            assert!(shard.queue.len() <= 2 * shard.len() + queue::QUEUE_SLACK + 1);
+        }
+        assert_eq!(shard.len(), 8);
+    }
+
+    #[test]
+    fn eviction_skips_stale_items_and_takes_the_soonest_live_entry() {
+        let h = hasher();
+        let mut shard = TestShard::new();
+        put(&mut shard, 1, 10, 0);
+        put(&mut shard, 2, 20, 0);
+        put(&mut shard, 1, 30, 0); // key 1's item at 10 is now stale
+        let capacity = Capacity::new(2, CapacityPolicy::EvictSoonest);
+        let mut grave = Graveyard::new();
+        assert!(shard.give_up_one(&ctx(0, Some(&capacity), &h), &mut grave));
+        assert_eq!(grave.entries().map(|e| e.key).collect::<Vec<_>>(), [2]);
+        assert_eq!(shard.stats.evictions, 1);
+    }
+
+    #[test]
+    fn the_refuse_policy_gives_up_expired_entries_and_lapsed_claims_only() {
+        let h = hasher();
+        let mut shard = TestShard::new();
+        let capacity = Capacity::new(2, CapacityPolicy::Refuse);
+        assert!(capacity.try_acquire());
+        put(&mut shard, 1, 10, 0);
+        let mut grave = Graveyard::new();
+        assert!(
+            !shard.give_up_one(&ctx(5, Some(&capacity), &h), &mut grave),
+            "live"
+        );
+        // A claim with a lease until 7 holds the second unit.
+        let request = ClaimRequest {
+            hash: h.hash_one(2u64),
+            key: 2,
+            fingerprint: None,
+            claim_id: None,
+            lease_deadline: CacheTime::from_nanos(7),
+        };
+        let claimed = shard.claim(request, &ctx(5, Some(&capacity), &h), &mut grave);
+        assert!(matches!(
+            claimed,
+            Admission::Done(ClaimLookup::Acquired { .. })
+        ));
+        assert_eq!(capacity.claims(), 1);
+        assert!(!shard.give_up_one(&ctx(6, Some(&capacity), &h), &mut grave));
+        // At 7 the claim has lapsed: its unit passes on.
+        assert!(shard.give_up_one(&ctx(7, Some(&capacity), &h), &mut grave));
+        assert_eq!(capacity.claims(), 0);
+        assert_eq!(shard.stats.lease_expiries, 1);
+        // At 10 the entry has expired.
+        assert!(shard.give_up_one(&ctx(10, Some(&capacity), &h), &mut grave));
+        assert_eq!(shard.stats.evictions, 0);
+    }
+
+    #[test]
+    fn a_wrapping_write_counter_never_lets_a_stale_item_match_a_reused_slot() {
+        let h = hasher();
+        let mut shard = TestShard::new();
+        put(&mut shard, 1, 1_000, 0); // slot 0, seq 0
+        shard.remove(h.hash_one(1u64), &1u64); // its item (1000, 0, 0) is stale
+        shard.next_seq = u32::MAX; // 2^32 writes later
+        put(&mut shard, 2, 1_000_000, 0); // slot 0 again; the counter wraps
+        let mut grave = Graveyard::new();
+        assert_eq!(
+            shard
+                .reclaim_due(&ctx(1_000, None, &h), 8, &mut grave)
+                .entries,
+            0
+        );
+        assert!(
+            shard.is_stored(h.hash_one(2u64), &2u64),
+            "the live entry survives"
+        );
+        assert_eq!(
+            shard
+                .reclaim_due(&ctx(1_000_000, None, &h), 8, &mut grave)
+                .entries,
+            1
+        );
+    }
+
+    #[test]
+    fn a_panicking_hash_during_reclaim_changes_nothing() {
+        use std::hash::Hasher;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        static ARMED: AtomicBool = AtomicBool::new(false);
+        #[derive(PartialEq, Eq)]
+        struct Key(u64);
+        impl Hash for Key {
+            fn hash<H: Hasher>(&self, state: &mut H) {
+                assert!(!ARMED.load(Ordering::SeqCst), "planted panic in Hash");
+                self.0.hash(state);
+            }
+        }
+        let h = hasher();
+        let mut shard: Shard<Key, u64> = Shard::new();
+        let mut grave = Graveyard::new();
+        let write = Write {
+            hash: h.hash_one(Key(1)),
+            key: WriteKey::Owned(Key(1)),
+            value: 1,
+            deadline: CacheTime::from_nanos(5),
+        };
+        let stored = shard.write(write, &ctx(0, None, &h), &mut grave);
+        assert!(matches!(stored, Admission::Done(WriteResult::Stored)));
+        ARMED.store(true, Ordering::SeqCst);
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            shard.reclaim_due(&ctx(10, None, &h), 8, &mut Graveyard::new());
+        }));
+        ARMED.store(false, Ordering::SeqCst);
+        assert!(unwound.is_err());
+        assert_eq!(shard.queue.len(), 1, "the item is still queued");
+        assert_eq!(
+            shard.reclaim_due(&ctx(10, None, &h), 8, &mut grave).entries,
+            1,
+            "and still reclaimable"
+        );
+    }
+
+    #[test]
+    fn a_sparse_slab_is_compacted_and_stays_consistent() {
+        let h = hasher();
+        let mut shard = TestShard::new();
+        for key in 0..1_000 {
+            put(&mut shard, key, if key < 990 { 5 } else { 50 }, 0);
+        }
+        let mut grave = Graveyard::new();
+        assert_eq!(
+            shard
+                .reclaim_due(&ctx(10, None, &h), 10_000, &mut grave)
+                .entries,
+            990
+        );
+        shard.compact(&h);
+        assert_eq!(
+            shard.entries.slots(),
+            10,
+            "the slab shrank to the live entries"
+        );
+        assert_eq!(shard.queue.len(), 10);
+        for key in 990..1_000 {
+            assert!(shard.is_stored(h.hash_one(key), &key));
+        }
+        assert_eq!(
+            shard
+                .reclaim_due(&ctx(50, None, &h), 100, &mut grave)
+                .entries,
+            10
+        );
+        assert_eq!(shard.len(), 0);
+    }
+
+    #[test]
+    fn reclaim_budget_counts_items_not_entries() {
+        let h = hasher();
+        let mut shard = TestShard::new();
+        for key in 0..10 {
+            put(&mut shard, key, 5, 0);
+        }
+        let mut grave = Graveyard::new();
+        let first = shard.reclaim_due(&ctx(5, None, &h), 4, &mut grave);
+        assert_eq!((first.entries, first.more_due), (4, true));
+        let rest = shard.reclaim_due(&ctx(5, None, &h), 100, &mut grave);
+        assert_eq!((rest.entries, rest.more_due), (6, false));
+        assert_eq!(grave.entries().count(), 10, "inline slots, then the spill");
+        assert_eq!(shard.len(), 0);
+    }
+}

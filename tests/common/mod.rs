@@ -5,10 +5,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
-use idemcache::Cache;
 use idemcache::clock::ManualClock;
+use idemcache::{Cache, CapacityPolicy};
 
-/// A cache on a manual clock with a fixed-seed hasher, so runs repeat.
+/// A cache on a manual clock with a fixed-seed hasher, so runs repeat,
+/// with the default capacity policy.
 pub fn manual_cache<K, V>(
     ttl: Duration,
     shards: usize,
@@ -18,10 +19,25 @@ where
     K: std::hash::Hash + Eq + Clone + Send + 'static,
     V: Clone + Send + 'static,
 {
+    manual_cache_with(ttl, shards, max_entries, CapacityPolicy::default())
+}
+
+/// [`manual_cache`] with the given capacity policy.
+pub fn manual_cache_with<K, V>(
+    ttl: Duration,
+    shards: usize,
+    max_entries: Option<usize>,
+    policy: CapacityPolicy,
+) -> (Cache<K, V, ahash::RandomState>, ManualClock)
+where
+    K: std::hash::Hash + Eq + Clone + Send + 'static,
+    V: Clone + Send + 'static,
+{
     let clock = ManualClock::new();
     let mut builder = Cache::builder()
         .time_to_live(ttl)
         .shards(shards)
+        .capacity_policy(policy)
         .clock(clock.clone())
         .hasher(ahash::RandomState::with_seeds(1, 2, 3, 4));
     if let Some(max) = max_entries {
