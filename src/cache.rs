@@ -608,7 +608,7 @@ where
         let mut caller = Caller::default();
         let mut key = key;
         let leader = loop {
-            match self.engine.lookup_or_lead(hash, key, &mut caller) {
+            match Engine::lookup_or_lead(&self.engine, hash, key, &mut caller) {
                 Step::Hit(value) => return Ok(value),
                 Step::Lead(leader) => break leader,
                 Step::Wait(flight, returned) => {
@@ -670,7 +670,7 @@ where
         let mut caller = Caller::default();
         let mut key = key;
         let leader = loop {
-            match self.engine.lookup_or_lead(hash, key, &mut caller) {
+            match Engine::lookup_or_lead(&self.engine, hash, key, &mut caller) {
                 Step::Hit(value) => return Ok(value),
                 Step::Lead(leader) => break leader,
                 Step::Wait(flight, returned) => {

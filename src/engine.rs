@@ -509,7 +509,7 @@ where
     /// The first step of `get_or_compute`: a hit, a flight to wait on, or
     /// the lead of a new flight.
     pub(crate) fn lookup_or_lead(
-        self: &Arc<Self>,
+        engine: &Arc<Self>,
         hash: u64,
         key: K,
         caller: &mut Caller,
@@ -517,9 +517,10 @@ where
     where
         V: Clone,
     {
-        let now = self.time.now_for_reads();
-        self.with_shard(self.shard_index(hash), |shard, grave| {
-            let lookup = shard.lookup_or_lead(hash, key, &self.ctx(now), grave);
+        let this = &**engine;
+        let now = this.time.now_for_reads();
+        this.with_shard(this.shard_index(hash), |shard, grave| {
+            let lookup = shard.lookup_or_lead(hash, key, &this.ctx(now), grave);
             let first = !std::mem::replace(&mut caller.looked_up, true);
             let stats = &mut shard.stats;
             match &lookup {
@@ -538,7 +539,7 @@ where
             }
             lookup
         })
-        .into_step(self, hash)
+        .into_step(engine, hash)
     }
 
     /// Waits (blocking) for a flight joined by `get_or_compute`: `Some` of

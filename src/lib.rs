@@ -73,7 +73,7 @@
 //! | key missing or malformed (empty, too long, repeated header) | (checked before `claim`) | **400** |
 //! | first request with this key | [`Claim::Acquired`]: run the handler once, then [`Reservation::complete`] | the handler's own |
 //! | a retry of a finished request | [`Claim::Completed`]: replay [`Replay::value`], add [`Replay::HEADER`] (`Idempotent-Replayed: true`), and [`Replay::expires_at`] for an expiry header | the stored one |
-//! | the same request is still running | [`Claim::InProgress`]: **409** with `Retry-After: `[`Pending::retry_after`], or wait with [`Pending::wait_timeout`] / [`Pending::wait_async`] and fall back to 409 | **409** |
+//! | the same request is still running (or its holder gave up and the lease has not lapsed) | [`Claim::InProgress`]: **409** with `Retry-After: `[`Pending::retry_after`], or wait with [`Pending::wait_timeout`] / [`Pending::wait_async`] and fall back to 409 | **409** |
 //! | the key was used for a different request | [`Claim::Mismatch`] (checked before "in progress") | **422** |
 //! | the store cannot take the claim | [`Claim::Full`]: fail closed | **503** |
 //! | the record expired | a new request: [`Claim::Acquired`] | |
@@ -84,12 +84,20 @@
 //!   and shared between replicas. Records written without one (by `insert` or
 //!   `get_or_compute`) match any request.
 //! - **Outcomes.** [`Reservation::complete`] stores the result for the
-//!   time-to-live ([`Reservation::complete_with_ttl`] for another retention)
-//!   and wakes waiters with it. A retryable failure is reported by
-//!   [`Reservation::release`], or by dropping the reservation (including
-//!   unwinding from a panic, or dropping the future that holds it): nothing
-//!   is stored and a retry runs again. A terminal failure that must be
-//!   replayed is just a completed value (a response with an error status).
+//!   time-to-live ([`Reservation::complete_with_ttl`] for another retention),
+//!   wakes waiters with it, and says whether it was stored
+//!   ([`Completion`]). A failure before any side effect is reported by
+//!   [`Reservation::release`]: nothing is kept and a retry runs at once. A
+//!   terminal failure that must be replayed is just a completed value (a
+//!   response with an error status).
+//! - **Fail closed.** A reservation dropped unfinished (unwinding from a
+//!   panic, or the future that holds it dropped because the client
+//!   disconnected) or [abandoned](Reservation::abandon) leaves its outcome
+//!   unknown: nothing is stored and the key stays held until the lease
+//!   lapses, as if the process had crashed. Retries get
+//!   [`Claim::InProgress`] ([`Pending::is_abandoned`]) and never run the
+//!   request twice meanwhile; waiters are told at once
+//!   ([`Waited::Abandoned`]).
 //! - **Leases and fencing.** A claim holds its key for the
 //!   [lease](CacheBuilder::lease) (60 s by default, separate from the
 //!   retention), renewable with [`Reservation::renew`]. Once it lapses, a new
@@ -98,9 +106,13 @@
 //!   reservation's `complete` or `renew` fails with [`StaleReservation`]
 //!   without touching the newer claim or its result.
 //! - **Capacity.** In a bounded cache, claims in progress hold room and are
-//!   never evicted. [`CapacityPolicy::Refuse`] is the idempotency-safe mode:
-//!   completed records are never evicted before they expire either, and new
-//!   claims get [`Claim::Full`] instead.
+//!   never evicted. Under the default [`CapacityPolicy::Refuse`], completed
+//!   records are never evicted before they expire either: a full cache
+//!   reclaims expired records and lapsed claims, and otherwise answers
+//!   [`Claim::Full`]. [`CapacityPolicy::EvictSoonest`] is for pure caches.
+//! - **Shared stores.** The [`store::Store`] trait speaks the same protocol
+//!   by fencing token, for stores shared between replicas; `Cache`
+//!   implements it.
 //! - **Scoping.** Keys come from clients: scope them to the caller, or one
 //!   client can replay another's response. Use `(tenant, key)` tuples (or
 //!   add the route) as the cache's key:
@@ -142,12 +154,17 @@
 //!
 //! ## Capacity
 //!
-//! [`CacheBuilder::max_entries`] is a hard bound: [`Cache::len`] never
-//! exceeds it. A write of a new key into a full cache reclaims an expired
-//! entry first, then evicts the live entry with the soonest deadline in the
-//! written shard (exactly the soonest in the cache when there is one shard).
-//! The entry being written is never evicted; computations in progress are
-//! not entries and are never evicted.
+//! [`CacheBuilder::max_entries`] is a hard bound on entries plus claims in
+//! progress ([`Cache::len`] + [`Cache::claims_in_progress`]). A write of a
+//! new key into a full cache reclaims an expired entry, then a claim whose
+//! lease lapsed (in its shard, then the others); if that frees nothing, the
+//! default [`CapacityPolicy::Refuse`] refuses it (a claim gets
+//! [`Claim::Full`], an insert is not stored and counted), so no live record
+//! is forgotten early. Only the opt-in [`CapacityPolicy::EvictSoonest`]
+//! evicts the live entry with the soonest deadline in the written shard
+//! (exactly the soonest in the cache when there is one shard). The entry
+//! being written is never evicted; computations in progress are not entries
+//! and are never evicted.
 //!
 //! ## Surviving restarts
 //!
@@ -268,8 +285,9 @@
 //!
 //! | what | tool | bound | where |
 //! |---|---|---|---|
-//! | single flight, hand-over after `Err`/panic/dropped future, wake-ups, invalidation, `len()`/bound consistency, reaper shutdown (last drop, racing `shutdown` calls); claims racing, release wake-ups, fencing | [loom] (all interleavings) | 2–3 threads; `LOOM_MAX_PREEMPTIONS=2` in CI, also passed with no bound | `tests/loom.rs`, `tests/loom_protocol.rs` |
-//! | every operation's result, `len()`, eviction victim, counters | [proptest], against a `BTreeMap` reference model | 1..200 ops over 6 keys; 1,000 cases × 6 configurations in CI | `tests/model_based.rs`, `tests/model/` |
+//! | single flight, hand-over after `Err`/panic/dropped future, wake-ups, invalidation, `len()`/bound consistency, background-thread shutdown (last drop, racing `shutdown` calls); claims racing, release and abandonment wake-ups (blocking and async), waiting out an abandoned claim, racing reclaim of a lapsed claim's room, fencing | [loom] (all interleavings) | 2–3 threads; `LOOM_MAX_PREEMPTIONS=2` in CI | `tests/loom.rs`, `tests/loom_protocol.rs` |
+//! | every operation's result, `len()`, eviction victim, counters, abandonment | [proptest], against a `BTreeMap` reference model | 1..200 ops over 6 keys; 1,000 cases × 6 configurations in CI | `src/tests/model_based.rs`, `tests/model/` |
+//! | the [`store::Store`] protocol: every point above through the trait | the store conformance suite (`conformance` feature), run against `Cache` | | `src/store/conformance.rs`, `tests/store_conformance.rs` |
 //! | the same model, differentially | cargo-fuzz (`ops`) | corpus replay + 30 s in CI | `fuzz/` |
 //! | invariants under real threads: no panic, `len() <= max_entries`, values belong to their key, nothing returned past its deadline | cargo-fuzz (`concurrent_ops`) | corpus replay + 30 s in CI | `fuzz/` |
 //! | a save killed at any point leaves a loadable file, the previous or the new snapshot | crash test: a child process SIGKILLed at random moments | 60 kills per run | `tests/crash_safety.rs` |
@@ -286,7 +304,7 @@
 //! RUSTFLAGS="--cfg loom -C debug-assertions" CARGO_TARGET_DIR=target/loom \
 //!   LOOM_MAX_PREEMPTIONS=2 cargo test --release --test loom
 //! # proptest model, more cases
-//! PROPTEST_CASES=10000 cargo test --release --test model_based
+//! PROPTEST_CASES=10000 cargo test --release --lib model_based
 //! # fuzzing (stable; RUSTC_BOOTSTRAP=1 and no `-s none` for AddressSanitizer)
 //! cargo install cargo-fuzz --locked
 //! cd fuzz && cargo fuzz run -s none ops -- -max_total_time=600 -timeout=5
@@ -304,26 +322,29 @@
 //!
 //! ## Design
 //!
+//! | module | what it is |
+//! |---|---|
+//! | `cache.rs` | the handle: the public API and its docs, nothing else |
+//! | `engine.rs` | the engine behind every handle, and **the only module that locks a shard**: one helper creates a graveyard before the lock and drops it after, so no value is dropped, no waiter woken and no closure run under a shard lock, by construction; the flight guard that ends every flight |
+//! | `shard/` | one shard's parts, each a type with its invariants: `entries.rs` (a dense slab behind a `hashbrown::HashTable` of 4-byte slot numbers), `queue.rs` (a min-heap of 16-byte `(deadline, write sequence, slot)` items with lazy deletion), `flights.rs` (keys in progress), `graveyard.rs` (what an operation displaced) |
+//! | `capacity.rs` | the global bound, the policy, and the one make-room-or-refuse loop every write shares |
+//! | `flight.rs` | single flight: one key's computation or claim, its outcome and its waiters (blocking and async) |
+//! | `protocol.rs` | claims, reservations, waits, replays, fencing |
+//! | `store/` | the token-addressed [`store::Store`] trait, `Cache`'s implementation, the waiting helper, the conformance suite |
+//! | `snapshot.rs`, `snapshot_file.rs`, `persistence.rs` | snapshots, their file format, and the periodic save (a job of the background thread) |
+//! | `clock.rs`, `background.rs`, `sync.rs` | cache time (`CacheTime`), the optional background thread's jobs, and the loom shim |
+//!
 //! Keys are hashed once (ahash) to pick a shard (from bits below hashbrown's
 //! tag bits) and a slot in the shard's index. Each shard is a
-//! cache-line-aligned parking_lot mutex over:
-//!
-//! - its entries: a dense slab of `(key, value, deadline, write sequence)`
-//!   behind a `hashbrown::HashTable` of 4-byte slot numbers, so the index's
-//!   load-factor slack costs 4 bytes a slot rather than a whole entry;
-//! - a binary heap of 16-byte `(deadline, write sequence, slot)` items with
-//!   lazy deletion: stale items are skipped when popped, and the heap is
-//!   rebuilt when they outnumber entries;
-//! - a small table of flights (computations and claims in progress);
-//! - its own counters (no shared atomic on the read path).
-//!
-//! Deadlines are `u64` nanoseconds since the cache was built. A flight
-//! carries its own mutex, condition variable and waker list, so waiters
-//! never hold the shard lock while they wait, and a drop guard ends every
-//! flight, so `Ok`, `Err`, panic and cancellation all take the same wake-up
-//! path. The bound is one shared counter touched only by writes that add or
-//! remove entries. Every synchronisation primitive comes through one
-//! internal module so the model checker (loom) can replace them.
+//! cache-line-aligned parking_lot mutex over its parts and its own counters
+//! (no shared atomic on the read path). Deadlines are `CacheTime`s,
+//! nanoseconds since the cache was built. A flight carries its own mutex,
+//! condition variable and waker list, so waiters never hold the shard lock
+//! while they wait, and a drop guard ends every flight, so `Ok`, `Err`,
+//! panic and cancellation all take the same path. The bound is one shared
+//! counter touched only by writes that add or remove entries or claims.
+//! Every synchronisation primitive comes through one internal module so
+//! the model checker (loom) can replace them.
 #![deny(missing_docs, unsafe_code)]
 #![warn(rust_2018_idioms, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -367,6 +388,7 @@ mod stats;
 mod sync;
 // Lets the reference model shared with the `ops` fuzz target name the crate
 // `idemcache` from inside it (the unit tests in `src/tests/`).
+#[cfg(all(test, not(loom)))]
 extern crate self as idemcache;
 #[cfg(all(test, not(loom)))]
 mod tests;

@@ -17,8 +17,8 @@ use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use idemcache::Cache;
 use idemcache::clock::ManualClock;
+use idemcache::{Cache, CapacityPolicy};
 use loom::sync::Arc;
 use loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use loom::thread;
@@ -282,6 +282,7 @@ fn len_never_exceeds_the_bound_while_room_moves_between_shards() {
         let cache: TestCache = Cache::builder()
             .shards(2)
             .max_entries(1)
+            .capacity_policy(CapacityPolicy::EvictSoonest)
             .clock(ManualClock::new())
             .hasher(ahash::RandomState::with_seeds(1, 2, 3, 4))
             .build()

@@ -130,7 +130,11 @@ impl Peer {
             Peer::Idemcache => {
                 let mut b = idemcache::Cache::builder().time_to_live(TTL);
                 if bounded {
-                    b = b.max_entries(capacity);
+                    // Compared with caches that evict: the opt-in policy
+                    // that evicts too (the default refuses when full).
+                    b = b
+                        .max_entries(capacity)
+                        .capacity_policy(idemcache::CapacityPolicy::EvictSoonest);
                 }
                 Box::new(b.build().unwrap())
             }

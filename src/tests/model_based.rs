@@ -235,3 +235,61 @@ fn abandoning_after_the_lease_lapsed_frees_the_key() {
         },
     ]);
 }
+
+#[test]
+fn zz_coverage() {
+    use proptest::test_runner::{Config as C, TestRunner};
+    for (i, config) in CONFIGS.iter().enumerate() {
+        for c in &super::model::COV {
+            c.store(0, std::sync::atomic::Ordering::Relaxed);
+        }
+        let mut runner = TestRunner::new(C {
+            cases: 300,
+            failure_persistence: None,
+            ..C::default()
+        });
+        let s = std::cell::RefCell::new(crate::Stats::default());
+        runner
+            .run(&ops(), |ops| {
+                let mut h = super::model::Harness::new(*config);
+                for op in &ops {
+                    h.step(op);
+                }
+                let t = h.cache().stats();
+                let mut s = s.borrow_mut();
+                s.abandoned += t.abandoned;
+                s.lease_expiries += t.lease_expiries;
+                s.refused_claims += t.refused_claims;
+                s.refused_inserts += t.refused_inserts;
+                s.evictions += t.evictions;
+                s.fenced += t.fenced;
+                s.releases += t.releases;
+                h.discard_held();
+                Ok(())
+            })
+            .unwrap();
+        let s = s.borrow();
+        let cov: Vec<u64> = super::model::COV
+            .iter()
+            .map(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+            .collect();
+        eprintln!(
+            "config {i}: abandoned {} lease_exp {} refused_c {} refused_i {} evict {} fenced {} releases {} | reclaims_lapsed(1sh) {} lapsed_reclaimed(multi) {} may_evict {} live_evicted(multi) {} w_released {} w_lapsed {} w_abandoned_seen {} w_ended {}",
+            s.abandoned,
+            s.lease_expiries,
+            s.refused_claims,
+            s.refused_inserts,
+            s.evictions,
+            s.fenced,
+            s.releases,
+            cov[0],
+            cov[1],
+            cov[2],
+            cov[3],
+            cov[4],
+            cov[5],
+            cov[6],
+            cov[7]
+        );
+    }
+}
