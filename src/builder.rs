@@ -98,6 +98,17 @@ impl<K, V, S> CacheBuilder<K, V, S> {
     /// How long an entry stays live after it is written, unless written with
     /// [`Cache::insert_with_ttl`]. An entry written at `t` is returned while
     /// `now < t + time_to_live` and never after. Must be non-zero.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use idemcache::Cache;
+    ///
+    /// let cache: Cache<String, String> = Cache::builder()
+    ///     .time_to_live(Duration::from_secs(7 * 24 * 3600)) // keep outcomes a week
+    ///     .build()?;
+    /// assert_eq!(cache.time_to_live(), Duration::from_secs(7 * 24 * 3600));
+    /// # Ok::<(), idemcache::BuildError>(())
+    /// ```
     pub fn time_to_live(mut self, time_to_live: Duration) -> Self {
         self.time_to_live = time_to_live;
         self
@@ -106,6 +117,16 @@ impl<K, V, S> CacheBuilder<K, V, S> {
     /// A hard bound on the number of entries (see [`Cache`]'s "Capacity"
     /// section for what a full cache evicts). Must be at least 1. Unbounded
     /// by default.
+    ///
+    /// ```
+    /// use idemcache::{BuildError, Cache};
+    ///
+    /// let cache: Cache<String, String> = Cache::builder().max_entries(1_000_000).build()?;
+    /// assert_eq!(cache.max_entries(), Some(1_000_000));
+    /// let zero = Cache::<String, String>::builder().max_entries(0).build();
+    /// assert_eq!(zero.unwrap_err(), BuildError::ZeroMaxEntries);
+    /// # Ok::<(), BuildError>(())
+    /// ```
     pub fn max_entries(mut self, max_entries: usize) -> Self {
         self.max_entries = Some(max_entries);
         self
@@ -114,6 +135,14 @@ impl<K, V, S> CacheBuilder<K, V, S> {
     /// Number of independently locked shards. More shards mean less lock
     /// contention between threads; any count from 1 to [`MAX_SHARDS`] works
     /// (a power of two is not required).
+    ///
+    /// ```
+    /// use idemcache::Cache;
+    ///
+    /// let cache: Cache<u64, u64> = Cache::builder().shards(12).build()?;
+    /// assert_eq!(cache.shard_count(), 12);
+    /// # Ok::<(), idemcache::BuildError>(())
+    /// ```
     pub fn shards(mut self, shards: usize) -> Self {
         self.shards = Some(shards);
         self
@@ -123,6 +152,17 @@ impl<K, V, S> CacheBuilder<K, V, S> {
     /// expired entries every `interval` in bounded batches. It stops when the
     /// last handle of the cache is dropped. Without this option no thread is
     /// ever started: writes reclaim expired entries as they go.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use idemcache::Cache;
+    ///
+    /// let cache: Cache<u64, u64> = Cache::builder()
+    ///     .background_eviction(Duration::from_secs(1))
+    ///     .build()?;
+    /// cache.shutdown()?; // joins the thread (dropping the last handle does too)
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn background_eviction(mut self, interval: Duration) -> Self {
         self.background_eviction = Some(interval);
         self
@@ -208,6 +248,16 @@ impl<K, V, S> CacheBuilder<K, V, S> {
     /// [`Reservation::renew`](crate::Reservation::renew). Separate from the
     /// time-to-live, which is how long the completed record is kept.
     /// Default: [`DEFAULT_LEASE`] (60 s). Must be non-zero.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use idemcache::Cache;
+    ///
+    /// // Handlers take up to 10 s: a 30 s lease, renewed by the slow ones.
+    /// let cache: Cache<String, String> = Cache::builder().lease(Duration::from_secs(30)).build()?;
+    /// assert_eq!(cache.lease(), Duration::from_secs(30));
+    /// # Ok::<(), idemcache::BuildError>(())
+    /// ```
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = lease;
         self
@@ -304,6 +354,22 @@ impl<K, V, S> CacheBuilder<K, V, S> {
     /// The clock expiry is measured against. Pass a
     /// [`ManualClock`](crate::clock::ManualClock) in tests to move time by
     /// hand; the cache's type does not change.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use idemcache::Cache;
+    /// use idemcache::clock::ManualClock;
+    ///
+    /// let clock = ManualClock::new();
+    /// let cache: Cache<u64, u64> = Cache::builder()
+    ///     .time_to_live(Duration::from_secs(10))
+    ///     .clock(clock.clone())
+    ///     .build()?;
+    /// cache.insert(1, 1);
+    /// clock.advance(Duration::from_secs(10));
+    /// assert_eq!(cache.get(&1), None);
+    /// # Ok::<(), idemcache::BuildError>(())
+    /// ```
     pub fn clock(mut self, clock: impl Clock) -> Self {
         self.time = Some(TimeSource::from_clock(clock));
         self
@@ -346,6 +412,14 @@ impl<K, V, S> CacheBuilder<K, V, S> {
     /// A [`BuildError`] for a zero `time_to_live`, `max_entries`, `shards` or
     /// eviction interval, more than [`MAX_SHARDS`] shards, or a reaper thread
     /// the operating system would not start.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use idemcache::{BuildError, Cache};
+    ///
+    /// let err = Cache::<u64, u64>::builder().lease(Duration::ZERO).build().unwrap_err();
+    /// assert_eq!(err, BuildError::ZeroLease);
+    /// ```
     pub fn build(self) -> Result<Cache<K, V, S>, BuildError>
     where
         K: Hash + Eq + Send + 'static,

@@ -124,6 +124,13 @@ pub struct ManualClock {
 impl ManualClock {
     /// A clock standing at the moment of the call; it moves only through
     /// [`advance`](Self::advance).
+    ///
+    /// ```
+    /// use idemcache::clock::ManualClock;
+    ///
+    /// let clock = ManualClock::new();
+    /// assert_eq!(clock.elapsed(), std::time::Duration::ZERO);
+    /// ```
     pub fn new() -> Self {
         Self {
             base: Instant::now(),
@@ -136,6 +143,16 @@ impl ManualClock {
     ///
     /// Time saturates at about 584 years after the clock was made rather
     /// than wrapping around.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use idemcache::clock::ManualClock;
+    ///
+    /// let clock = ManualClock::new();
+    /// let clone = clock.clone();
+    /// clone.advance(Duration::from_secs(3));
+    /// assert_eq!(clock.elapsed(), Duration::from_secs(3)); // clones share time
+    /// ```
     pub fn advance(&self, by: Duration) {
         let by = duration_to_nanos(by);
         // A CAS loop rather than fetch_add so that time saturates instead of
@@ -156,6 +173,15 @@ impl ManualClock {
     }
 
     /// How far this clock has been advanced since it was made.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use idemcache::clock::ManualClock;
+    ///
+    /// let clock = ManualClock::new();
+    /// clock.advance(Duration::from_millis(1500));
+    /// assert_eq!(clock.elapsed(), Duration::from_millis(1500));
+    /// ```
     pub fn elapsed(&self) -> Duration {
         Duration::from_nanos(self.offset())
     }
@@ -447,6 +473,11 @@ pub(crate) mod coarse {
 
 /// How late the default clock may see an entry expire: the coarse clock's
 /// granularity where reads use it (Linux), zero elsewhere.
+///
+/// ```
+/// // An entry is seen expired at most this late with the default clock.
+/// assert!(idemcache::clock::default_clock_granularity() < std::time::Duration::from_millis(100));
+/// ```
 pub fn default_clock_granularity() -> Duration {
     #[cfg(target_os = "linux")]
     {

@@ -111,6 +111,15 @@ impl CacheConfig {
     /// # Errors
     ///
     /// The [`BuildError`] the builder gives for an invalid value.
+    ///
+    /// ```
+    /// use idemcache::{Cache, CacheConfig};
+    ///
+    /// let config: CacheConfig = toml::from_str(r#"time_to_live = "1h""#)?;
+    /// let cache: Cache<String, String> = config.build()?;
+    /// assert_eq!(cache.time_to_live(), std::time::Duration::from_secs(3600));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn build<K, V>(&self) -> Result<Cache<K, V>, BuildError>
     where
         K: Hash + Eq + Send + 'static,

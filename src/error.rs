@@ -69,6 +69,13 @@ pub enum BuildError {
 impl BuildError {
     /// The builder option this error is about, spelled as the builder
     /// method (and the configuration field) is.
+    ///
+    /// ```
+    /// use idemcache::{BuildError, Cache};
+    ///
+    /// let err = Cache::<u8, u8>::builder().shards(0).build().unwrap_err();
+    /// assert_eq!(err.field(), "shards");
+    /// ```
     pub fn field(&self) -> &'static str {
         match self {
             BuildError::ZeroTimeToLive => "time_to_live",
@@ -208,6 +215,15 @@ pub enum SnapshotError {
 impl SnapshotError {
     /// Whether this is an I/O error for a file that does not exist: the
     /// usual case on a first start, before any snapshot was saved.
+    ///
+    /// ```
+    /// # #[cfg(feature = "persistence")] {
+    /// use idemcache::Snapshot;
+    ///
+    /// let missing = Snapshot::<String, String>::load_from("/nonexistent/idemcache.snapshot");
+    /// assert!(missing.unwrap_err().is_not_found()); // a first start
+    /// # }
+    /// ```
     pub fn is_not_found(&self) -> bool {
         matches!(self, SnapshotError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound)
     }

@@ -65,6 +65,15 @@ mod digest {
     impl Fingerprint {
         /// The fingerprint of a request given as parts (see the type's docs
         /// for the exact, stable function).
+        ///
+        /// ```
+        /// use idemcache::Fingerprint;
+        ///
+        /// let a = Fingerprint::of(["POST", "/charges", r#"{"amount":100}"#]);
+        /// let b = Fingerprint::of(["POST", "/charges", r#"{"amount":100}"#]);
+        /// assert_eq!(a, b); // stable: the same request, the same fingerprint
+        /// assert_ne!(a, Fingerprint::of(["POST", "/charges", r#"{"amount":999}"#]));
+        /// ```
         pub fn of<I>(parts: I) -> Fingerprint
         where
             I: IntoIterator,
@@ -77,6 +86,13 @@ mod digest {
         }
 
         /// Feeds the parts one at a time, for requests assembled piecewise.
+        ///
+        /// ```
+        /// use idemcache::Fingerprint;
+        ///
+        /// let piecewise = Fingerprint::builder().part("POST").part("/charges").finish();
+        /// assert_eq!(piecewise, Fingerprint::of(["POST", "/charges"]));
+        /// ```
         pub fn builder() -> FingerprintBuilder {
             let mut digest = Sha256::new();
             digest.update(DOMAIN);
@@ -93,6 +109,15 @@ mod digest {
 
     impl FingerprintBuilder {
         /// Adds one length-prefixed part.
+        ///
+        /// ```
+        /// use idemcache::Fingerprint;
+        ///
+        /// // Parts are length-prefixed: "ab" + "c" differs from "a" + "bc".
+        /// let one = Fingerprint::builder().part("ab").part("c").finish();
+        /// let two = Fingerprint::builder().part("a").part("bc").finish();
+        /// assert_ne!(one, two);
+        /// ```
         pub fn part(mut self, part: impl AsRef<[u8]>) -> Self {
             let part = part.as_ref();
             self.digest.update((part.len() as u64).to_le_bytes());
@@ -101,6 +126,13 @@ mod digest {
         }
 
         /// The fingerprint of the parts added so far.
+        ///
+        /// ```
+        /// use idemcache::Fingerprint;
+        ///
+        /// let fingerprint = Fingerprint::builder().part("GET /health").finish();
+        /// assert_eq!(fingerprint.to_string().len(), 32); // 128 bits in hex
+        /// ```
         pub fn finish(self) -> Fingerprint {
             let full = self.digest.finalize();
             let mut bytes = [0; 16];

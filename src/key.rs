@@ -21,6 +21,12 @@
 
 /// A new random idempotency key: a UUID v4 in its 36-character hyphenated
 /// lowercase form.
+///
+/// ```
+/// let key = idemcache::key::random();
+/// assert_eq!(key.len(), 36);
+/// assert_ne!(key, idemcache::key::random());
+/// ```
 #[cfg(feature = "uuid")]
 pub fn random() -> String {
     uuid::Uuid::new_v4().hyphenated().to_string()
@@ -30,6 +36,15 @@ pub fn random() -> String {
 /// SHA-256 over each part's length (little-endian `u64`) followed by its
 /// bytes. The same parts always give the same key, on any platform and
 /// crate version.
+///
+/// ```
+/// use idemcache::key;
+///
+/// // A form resubmitted with the same contents gets the same key.
+/// let first = key::deterministic(["user-42", "checkout", "cart-7"]);
+/// assert_eq!(first, key::deterministic(["user-42", "checkout", "cart-7"]));
+/// assert_eq!(first.len(), 64);
+/// ```
 #[cfg(feature = "digest")]
 pub fn deterministic<I>(parts: I) -> String
 where

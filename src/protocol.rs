@@ -815,11 +815,37 @@ pub struct StaleReservation<V> {
 
 impl<V> StaleReservation<V> {
     /// The stale reservation's fencing token.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use idemcache::{Cache, Claim, clock::ManualClock};
+    /// # let clock = ManualClock::new();
+    /// # let cache: Cache<&str, u32> = Cache::builder().lease(Duration::from_secs(1)).clock(clock.clone()).build()?;
+    /// let Claim::Acquired(slow) = cache.claim("key", None) else { unreachable!() };
+    /// let token = slow.token();
+    /// clock.advance(Duration::from_secs(1));
+    /// let _newer = cache.claim("key", None); // takes the lapsed key over
+    /// assert_eq!(slow.complete(1).unwrap_err().token(), token);
+    /// # Ok::<(), idemcache::BuildError>(())
+    /// ```
     pub fn token(&self) -> u64 {
         self.token
     }
 
     /// The value that was not stored.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use idemcache::{Cache, Claim, clock::ManualClock};
+    /// # let clock = ManualClock::new();
+    /// # let cache: Cache<&str, String> = Cache::builder().lease(Duration::from_secs(1)).clock(clock.clone()).build()?;
+    /// let Claim::Acquired(slow) = cache.claim("key", None) else { unreachable!() };
+    /// clock.advance(Duration::from_secs(1));
+    /// let _newer = cache.claim("key", None);
+    /// let response = slow.complete("201".to_string()).unwrap_err().into_value();
+    /// assert_eq!(response, "201"); // still the caller's to send
+    /// # Ok::<(), idemcache::BuildError>(())
+    /// ```
     pub fn into_value(self) -> V {
         self.value
     }
@@ -863,11 +889,25 @@ pub struct Fenced {
 impl Fenced {
     /// The error for the claim with `token` (for [`Store`](crate::store::Store)
     /// implementations).
+    ///
+    /// ```
+    /// use idemcache::Fenced;
+    ///
+    /// assert_eq!(Fenced::new(7).token(), 7);
+    /// ```
     pub fn new(token: u64) -> Self {
         Fenced { token }
     }
 
     /// The fencing token of the claim that no longer holds its key.
+    ///
+    /// ```
+    /// use idemcache::Fenced;
+    ///
+    /// let fenced = Fenced::new(7);
+    /// assert_eq!(fenced.token(), 7);
+    /// println!("{fenced}"); // says nothing was changed
+    /// ```
     pub fn token(&self) -> u64 {
         self.token
     }

@@ -84,37 +84,91 @@ impl<K, V> Snapshot<K, V> {
     /// A snapshot of `entries`, taken at `taken_at`: for moving records in
     /// from another store. Entries may be in any order; expired ones and
     /// repeated keys are sorted out by [`Cache::restore`].
+    ///
+    /// ```
+    /// use std::time::{Duration, SystemTime};
+    /// use idemcache::{Snapshot, SnapshotEntry};
+    ///
+    /// let now = SystemTime::now();
+    /// let entry = SnapshotEntry { key: "k", value: 1, fingerprint: None, expires_at: now + Duration::from_secs(60) };
+    /// let snapshot = Snapshot::new(now, vec![entry]);
+    /// assert_eq!(snapshot.len(), 1);
+    /// ```
     pub fn new(taken_at: SystemTime, entries: Vec<SnapshotEntry<K, V>>) -> Self {
         Snapshot { taken_at, entries }
     }
 
     /// When the snapshot was taken (wall-clock time, as the cache's clock
     /// saw it).
+    ///
+    /// ```
+    /// # use idemcache::Cache;
+    /// let cache: Cache<u8, u8> = Cache::new();
+    /// let snapshot = cache.snapshot();
+    /// assert!(snapshot.taken_at() <= std::time::SystemTime::now());
+    /// ```
     pub fn taken_at(&self) -> SystemTime {
         self.taken_at
     }
 
     /// The records, in no particular order.
+    ///
+    /// ```
+    /// # use idemcache::Cache;
+    /// let cache: Cache<u8, u8> = Cache::new();
+    /// cache.insert(1, 10);
+    /// assert_eq!(cache.snapshot().entries()[0].value, 10);
+    /// ```
     pub fn entries(&self) -> &[SnapshotEntry<K, V>] {
         &self.entries
     }
 
     /// The number of records.
+    ///
+    /// ```
+    /// # use idemcache::Cache;
+    /// let cache: Cache<u8, u8> = Cache::new();
+    /// cache.insert(1, 10);
+    /// assert_eq!(cache.snapshot().len(), 1);
+    /// ```
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
     /// Whether the snapshot holds no record.
+    ///
+    /// ```
+    /// # use idemcache::Cache;
+    /// let cache: Cache<u8, u8> = Cache::new();
+    /// assert!(cache.snapshot().is_empty());
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
     /// The records, in no particular order.
+    ///
+    /// ```
+    /// # use idemcache::Cache;
+    /// let cache: Cache<u8, u8> = Cache::new();
+    /// cache.insert(1, 10);
+    /// cache.insert(2, 20);
+    /// let total: u32 = cache.snapshot().iter().map(|e| u32::from(e.value)).sum();
+    /// assert_eq!(total, 30);
+    /// ```
     pub fn iter(&self) -> std::slice::Iter<'_, SnapshotEntry<K, V>> {
         self.entries.iter()
     }
 
     /// The records, by value.
+    ///
+    /// ```
+    /// # use idemcache::Cache;
+    /// let cache: Cache<u8, String> = Cache::new();
+    /// cache.insert(1, "receipt".to_string());
+    /// let entries = cache.snapshot().into_entries();
+    /// assert_eq!(entries[0].value, "receipt");
+    /// ```
     pub fn into_entries(self) -> Vec<SnapshotEntry<K, V>> {
         self.entries
     }

@@ -72,6 +72,18 @@ impl<K: Serialize, V: Serialize> Snapshot<K, V> {
     /// # Errors
     ///
     /// [`SnapshotError::Encode`] if a key's or value's `Serialize` fails.
+    ///
+    /// ```
+    /// use idemcache::{Cache, Snapshot};
+    ///
+    /// let cache: Cache<String, u64> = Cache::new();
+    /// cache.insert("key".to_string(), 7);
+    /// let bytes = cache.snapshot().encode()?;
+    /// assert!(bytes.starts_with(b"IDEMSNAP"));
+    /// let decoded = Snapshot::<String, u64>::decode(&bytes)?;
+    /// assert_eq!(decoded.len(), 1);
+    /// # Ok::<(), idemcache::SnapshotError>(())
+    /// ```
     pub fn encode(&self) -> Result<Vec<u8>, SnapshotError> {
         let mut out = Vec::with_capacity(HEADER_LEN + 64 * self.len());
         out.resize(HEADER_LEN, 0);
@@ -150,6 +162,21 @@ impl<K: DeserializeOwned, V: DeserializeOwned> Snapshot<K, V> {
     /// [`Corrupted`](SnapshotError::Corrupted),
     /// [`WrongType`](SnapshotError::WrongType) (written for other key or
     /// value types), [`Decode`](SnapshotError::Decode).
+    ///
+    /// ```
+    /// use idemcache::{Cache, Snapshot};
+    ///
+    /// # let dir = std::env::temp_dir().join(format!("idemcache-doc-load-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// let path = dir.join("records.snapshot");
+    /// let cache: Cache<String, u64> = Cache::new();
+    /// cache.insert("key".to_string(), 7);
+    /// cache.snapshot().save_to(&path)?;
+    /// let loaded = Snapshot::<String, u64>::load_from(&path)?;
+    /// assert_eq!(loaded.entries()[0].value, 7);
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn load_from(path: impl AsRef<Path>) -> Result<Self, SnapshotError> {
         Self::decode(&read_verified_size(path.as_ref())?)
     }
@@ -160,6 +187,13 @@ impl<K: DeserializeOwned, V: DeserializeOwned> Snapshot<K, V> {
     /// # Errors
     ///
     /// As [`load_from`](Self::load_from), without `Io`.
+    ///
+    /// ```
+    /// use idemcache::{Snapshot, SnapshotError};
+    ///
+    /// let err = Snapshot::<String, u64>::decode(b"not a snapshot").unwrap_err();
+    /// assert!(matches!(err, SnapshotError::NotASnapshot | SnapshotError::Truncated { .. }));
+    /// ```
     pub fn decode(bytes: &[u8]) -> Result<Self, SnapshotError> {
         decode(bytes, true)
     }
@@ -174,6 +208,18 @@ impl<K: DeserializeOwned, V: DeserializeOwned> Snapshot<K, V> {
     /// # Errors
     ///
     /// As [`decode`](Self::decode), without `WrongType`.
+    ///
+    /// ```
+    /// use idemcache::{Cache, Snapshot};
+    ///
+    /// // Written when the value type had another name: the type check is skipped,
+    /// // the bytes must still decode as the new types.
+    /// let cache: Cache<String, u64> = Cache::new();
+    /// cache.insert("key".to_string(), 7);
+    /// let bytes = cache.snapshot().encode()?;
+    /// assert_eq!(Snapshot::<String, u64>::decode_unchecked(&bytes)?.len(), 1);
+    /// # Ok::<(), idemcache::SnapshotError>(())
+    /// ```
     pub fn decode_unchecked(bytes: &[u8]) -> Result<Self, SnapshotError> {
         decode(bytes, false)
     }
@@ -249,6 +295,22 @@ where
     ///
     /// As [`Snapshot::load_from`]; on a first start the file does not exist
     /// yet ([`SnapshotError::is_not_found`]).
+    ///
+    /// ```
+    /// use idemcache::Cache;
+    ///
+    /// # let dir = std::env::temp_dir().join(format!("idemcache-doc-cload-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// let path = dir.join("records.snapshot");
+    /// let cache: Cache<String, String> = Cache::new();
+    /// match cache.load_from(&path) {
+    ///     Ok(report) => println!("restored {} records", report.restored),
+    ///     Err(e) if e.is_not_found() => println!("first start"),
+    ///     Err(e) => return Err(e.into()), // damaged: decide, don't guess
+    /// }
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn load_from(&self, path: impl AsRef<Path>) -> Result<RestoreReport, SnapshotError> {
         let path = path.as_ref();
         let snapshot = Snapshot::load_from(path)?;

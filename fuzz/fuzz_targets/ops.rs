@@ -3,7 +3,7 @@
 //! proptest suite.
 #![no_main]
 
-#[path = "../../tests/model/mod.rs"]
+#[path = "../../src/tests/model.rs"]
 mod model;
 
 use libfuzzer_sys::fuzz_target;

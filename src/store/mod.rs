@@ -35,7 +35,10 @@
 //! # The in-process store
 //!
 //! [`Cache`] implements `Store` with futures that are ready at once; its
-//! own synchronous API ([`Cache::claim`]) is unchanged. A claim acquired
+//! own synchronous API ([`Cache::claim`]) is unchanged. Where a `Cache`'s
+//! inherent method has the same name (`claim`, `remove`, `lease`), call the
+//! trait's as `Store::claim(&cache, ..)`; generic code over `S: Store` needs
+//! nothing special. A claim acquired
 //! through the trait has no [`Reservation`](crate::Reservation) object: it
 //! ends by its token, or when its lease lapses.
 //!
@@ -47,11 +50,11 @@
 //! # async fn main() -> Result<(), idemcache::store::StoreError> {
 //! let store: Cache<String, String> = Cache::new();
 //! let key = "order-7".to_string();
-//! let ClaimOutcome::Acquired(claim) = store.claim(&key, None, ClaimId::random()).await? else {
+//! let ClaimOutcome::Acquired(claim) = Store::claim(&store, &key, None, ClaimId::random()).await? else {
 //!     unreachable!("a new key")
 //! };
 //! store.complete(&key, claim.token, "201 charged".to_string(), None).await?;
-//! match store.claim(&key, None, ClaimId::random()).await? {
+//! match Store::claim(&store, &key, None, ClaimId::random()).await? {
 //!     ClaimOutcome::Completed(replay) => assert_eq!(replay.value(), "201 charged"),
 //!     other => unreachable!("{other:?}"),
 //! }
@@ -182,6 +185,13 @@ pub struct ClaimId(u128);
 impl ClaimId {
     /// A fresh id: unique within the process (a counter) and, with 64
     /// random bits per process, between processes. Not a secret.
+    ///
+    /// ```
+    /// use idemcache::store::ClaimId;
+    ///
+    /// let id = ClaimId::random(); // one per attempt; resend only that claim with it
+    /// assert_ne!(id, ClaimId::random());
+    /// ```
     pub fn random() -> Self {
         use std::sync::OnceLock;
         use std::sync::atomic::{AtomicU64, Ordering};
@@ -198,11 +208,25 @@ impl ClaimId {
     }
 
     /// An id from its 128 bits (one stored elsewhere).
+    ///
+    /// ```
+    /// use idemcache::store::ClaimId;
+    ///
+    /// let id = ClaimId::from_u128(0x1234);
+    /// assert_eq!(id.as_u128(), 0x1234);
+    /// ```
     pub fn from_u128(bits: u128) -> Self {
         ClaimId(bits)
     }
 
     /// The id's 128 bits.
+    ///
+    /// ```
+    /// use idemcache::store::ClaimId;
+    ///
+    /// let id = ClaimId::random();
+    /// assert_eq!(ClaimId::from_u128(id.as_u128()), id);
+    /// ```
     pub fn as_u128(self) -> u128 {
         self.0
     }

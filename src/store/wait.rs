@@ -64,7 +64,7 @@ impl Default for WaitPolicy {
 /// # async fn main() -> Result<(), idemcache::store::StoreError> {
 /// let store: Cache<String, String> = Cache::new();
 /// let key = "order-7".to_string();
-/// let ClaimOutcome::Acquired(claim) = store.claim(&key, None, ClaimId::random()).await? else {
+/// let ClaimOutcome::Acquired(claim) = Store::claim(&store, &key, None, ClaimId::random()).await? else {
 ///     unreachable!()
 /// };
 /// let holder = async {

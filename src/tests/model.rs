@@ -35,11 +35,6 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-pub(crate) static COV: [std::sync::atomic::AtomicU64; 8] =
-    [const { std::sync::atomic::AtomicU64::new(0) }; 8];
-fn cov(i: usize) {
-    COV[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-}
 use std::time::Duration;
 
 use idemcache::clock::ManualClock;
@@ -856,9 +851,6 @@ impl Harness {
                 }
                 Some(claim) => {
                     let left = ticks(claim.lease_deadline.saturating_sub(now));
-                    if claim.abandoned {
-                        cov(6);
-                    }
                     let expected = if claim.abandoned {
                         Waited::Abandoned { frees_in: left }
                     } else {
@@ -870,12 +862,10 @@ impl Harness {
                     self.watchers.push(watcher);
                     continue;
                 }
-                None => {
-                    cov(7);
-                    self.ended
-                        .remove(&watcher.id)
-                        .unwrap_or_else(|| panic!("{op:?}: a claim of key {key} vanished"))
-                }
+                None => self
+                    .ended
+                    .remove(&watcher.id)
+                    .unwrap_or_else(|| panic!("{op:?}: a claim of key {key} vanished")),
             };
             match (end, seen) {
                 (End::Completed { value, expires_at }, Waited::Completed(replay)) => {
@@ -883,8 +873,7 @@ impl Harness {
                     assert_eq!(replay.fingerprint(), watcher.fingerprint);
                     assert_eq!(replay.expires_in(), ticks(expires_at.saturating_sub(now)));
                 }
-                (End::Released, Waited::Released) => cov(4),
-                (End::Lapsed, Waited::Lapsed) => cov(5),
+                (End::Released, Waited::Released) | (End::Lapsed, Waited::Lapsed) => {}
                 (end, seen) => {
                     panic!("{op:?}: the claim of key {key} ended {end:?}, seen {seen:?}")
                 }
@@ -900,15 +889,6 @@ impl Harness {
     fn sync(&mut self, op: &Op) {
         let room = std::mem::take(&mut self.room);
         let reclaimed = self.sync_claims(op);
-        if room.reclaims_lapsed {
-            cov(0);
-        }
-        if room.may_reclaim_lapsed && reclaimed == 1 {
-            cov(1);
-        }
-        if room.may_evict_live {
-            cov(2);
-        }
         let mut evicted = 0;
         for key in 0..KEYS {
             let stored = self.cache.__is_stored(&key);
@@ -930,7 +910,6 @@ impl Harness {
                     self.entries.remove(&key);
                     self.counters.evictions += 1;
                     evicted += 1;
-                    cov(3);
                 }
             }
         }
