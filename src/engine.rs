@@ -48,6 +48,9 @@ impl<T> Deref for Padded<T> {
     }
 }
 
+/// A shard behind its lock, alone on its cache lines.
+type ShardLock<K, V> = Padded<Mutex<Shard<K, V>>>;
+
 /// The validated configuration an engine is built from.
 pub(crate) struct Settings {
     pub(crate) shards: usize,
@@ -59,7 +62,7 @@ pub(crate) struct Settings {
 
 /// The state every handle of one cache shares.
 pub(crate) struct Engine<K, V, S> {
-    shards: Box<[Padded<Mutex<Shard<K, V>>>]>,
+    shards: Box<[ShardLock<K, V>]>,
     hasher: S,
     time: TimeSource,
     ttl: Span,
@@ -775,7 +778,7 @@ impl<K, V, S> Engine<K, V, S> {
     /// Returns whether it still held its key.
     pub(crate) fn give_up(&self, hash: u64, flight: &Arc<Flight<V>>, how: GiveUp) -> bool {
         self.with_shard(self.shard_index(hash), |shard, grave| {
-            shard.give_up_flight(hash, flight, how, self.now(), self.capacity.as_ref(), grave)
+            shard.give_up_flight(hash, flight, how, &self.ctx(self.now()), grave)
         })
     }
 

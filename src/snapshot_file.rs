@@ -103,6 +103,13 @@ impl<K: Serialize, V: Serialize> Snapshot<K, V> {
     /// `path` is followed (as [`load_from`](Self::load_from) follows it):
     /// the file it leads to is replaced, and the link stays.
     ///
+    /// The bytes go first to a temporary file beside the target, named
+    /// `.<file name>.idemcache-tmp` (for `records.snapshot`,
+    /// `.records.snapshot.idemcache-tmp`), created exclusively, fsynced, then
+    /// renamed over `path`; the directory is fsynced last. A leftover
+    /// temporary file (from a crash mid-save) is removed by the next save;
+    /// give backup and cleanup tools an exclusion for that name.
+    ///
     /// # Errors
     ///
     /// [`SnapshotError::Encode`] if encoding fails; [`SnapshotError::Io`]

@@ -317,15 +317,15 @@ impl<K, V> Shard<K, V> {
     /// the key held until the lease lapses, unless it already has. The
     /// flight ends (waking its waiters) when `grave` drops. Returns whether
     /// the flight was still its key's.
-    pub(crate) fn give_up_flight(
+    pub(crate) fn give_up_flight<S>(
         &mut self,
         hash: u64,
         flight: &Arc<Flight<V>>,
         how: GiveUp,
-        now: CacheTime,
-        capacity: Option<&Capacity>,
+        ctx: &Ctx<'_, S>,
         grave: &mut Graveyard<K, V>,
     ) -> bool {
+        let (now, capacity) = (ctx.now, ctx.capacity);
         let current = self
             .flights
             .by_flight(hash, flight)
