@@ -20,14 +20,30 @@ use libfuzzer_sys::fuzz_target;
 
 #[derive(Debug, Clone, arbitrary::Arbitrary)]
 enum Op {
-    Insert { key: u8, ttl: u8 },
-    Get { key: u8 },
-    Remove { key: u8 },
-    Compute { key: u8, fail: bool },
+    Insert {
+        key: u8,
+        ttl: u8,
+    },
+    Get {
+        key: u8,
+    },
+    Remove {
+        key: u8,
+    },
+    Compute {
+        key: u8,
+        fail: bool,
+    },
     Purge,
     Clear,
-    Advance { ticks: u8 },
-    Claim { key: u8, fingerprint: u8, then: Then },
+    Advance {
+        ticks: u8,
+    },
+    Claim {
+        key: u8,
+        fingerprint: u8,
+        then: Then,
+    },
 }
 
 /// How a claim that acquired its key is ended, in the same operation.
@@ -165,7 +181,10 @@ impl World {
 
 fuzz_target!(|input: Input| {
     let clock = ManualClock::new();
-    let max_entries = (input.max_entries % 5 > 0).then_some(usize::from(input.max_entries % 5));
+    let max_entries = match input.max_entries % 5 {
+        0 => None,
+        max => Some(usize::from(max)),
+    };
     let mut builder = Cache::builder()
         .shards(usize::from(input.shards % 4) + 1)
         .time_to_live(TTL)
