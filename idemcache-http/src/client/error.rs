@@ -21,8 +21,8 @@ pub enum RetryErrorKind {
     /// redirect loop); it was not retried.
     Unsendable,
     /// The key cannot be sent: it is empty, longer than
-    /// [`MAX_KEY_LEN`](super::MAX_KEY_LEN), or holds a byte that is not
-    /// visible ASCII, or a comma. Nothing was sent.
+    /// [`MAX_KEY_LEN`](crate::MAX_KEY_LEN), or holds a byte that is neither
+    /// visible ASCII nor a space, or a comma. Nothing was sent.
     InvalidKey,
 }
 
@@ -133,7 +133,7 @@ impl fmt::Display for RetryError {
             RetryErrorKind::InvalidKey => {
                 return write!(
                     f,
-                    "idempotency key {key:?} cannot be sent: use 1 to 255 bytes of visible ASCII without commas (key::random and key::deterministic always qualify)"
+                    "idempotency key {key:?} cannot be sent: use 1 to 255 bytes of visible ASCII or spaces, without commas (key::random and key::deterministic always qualify)"
                 );
             }
         }

@@ -3,6 +3,8 @@
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
+use crate::MAX_KEY_LEN;
+
 /// `Idempotency-Key`, the request header carrying the key
 /// (draft-ietf-httpapi-idempotency-key-header).
 pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
@@ -11,10 +13,6 @@ pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key
 /// response replayed from its idempotency record rather than executed (the
 /// marker Stripe introduced; the draft names none).
 pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
-
-/// Longest key, in bytes (before quoting), that servers built on idemcache
-/// accept.
-pub const MAX_KEY_LEN: usize = 255;
 
 /// Whether a response was replayed: its `Idempotent-Replayed` header is
 /// `true` (ASCII case-insensitively, surrounding whitespace ignored).
@@ -44,12 +42,14 @@ pub fn is_replayed(headers: &HeaderMap) -> bool {
 
 /// The `Idempotency-Key` value for `key`: an RFC 8941 sf-string
 /// (`"<key>"`, with `"` and `\` escaped), which a server must accept as
-/// it accepts the bare form. `None` for a key servers refuse: empty,
-/// longer than [`MAX_KEY_LEN`], or with a byte that is not visible ASCII,
-/// or a comma (a comma would read as a second field value).
+/// it accepts the bare form. `None` for a key [`parse_key`] refuses:
+/// empty, longer than [`MAX_KEY_LEN`], or with a byte that is neither
+/// visible ASCII nor a space, or a comma.
+///
+/// [`parse_key`]: crate::parse_key
 pub(crate) fn key_header_value(key: &str) -> Option<HeaderValue> {
     let valid = (1..=MAX_KEY_LEN).contains(&key.len())
-        && key.bytes().all(|b| b.is_ascii_graphic() && b != b',');
+        && key.bytes().all(|b| (b' '..=b'~').contains(&b) && b != b',');
     if !valid {
         return None;
     }
@@ -68,19 +68,55 @@ pub(crate) fn key_header_value(key: &str) -> Option<HeaderValue> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{KeyError, parse_key};
+
+    fn sent(key: &str) -> Option<String> {
+        key_header_value(key).map(|v| v.to_str().unwrap().to_owned())
+    }
+
+    /// What the server layer reads back from the header the client sends.
+    fn read_back(key: &str) -> Result<String, KeyError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(IDEMPOTENCY_KEY, key_header_value(key).unwrap());
+        parse_key(&headers, IDEMPOTENCY_KEY.as_str(), MAX_KEY_LEN)
+    }
 
     #[test]
     fn keys_are_sent_as_quoted_sf_strings() {
-        let value = |k: &str| key_header_value(k).map(|v| v.to_str().unwrap().to_owned());
-        assert_eq!(value("abc").as_deref(), Some("\"abc\""));
-        assert_eq!(value(r#"a"b\c"#).as_deref(), Some(r#""a\"b\\c""#));
+        assert_eq!(sent("abc").as_deref(), Some("\"abc\""));
+        assert_eq!(sent(r#"a"b\c"#).as_deref(), Some(r#""a\"b\\c""#));
         let longest = "k".repeat(MAX_KEY_LEN);
-        assert_eq!(value(&longest), Some(format!("\"{longest}\"")));
+        assert_eq!(sent(&longest), Some(format!("\"{longest}\"")));
+    }
+
+    #[test]
+    fn the_server_reads_back_every_key_the_client_sends() {
+        let longest = "k".repeat(MAX_KEY_LEN);
+        let random = idemcache::key::random();
+        let digest = idemcache::key::deterministic(["a", "b"]);
+        for key in [
+            "abc",
+            r#"a"b\c"#,
+            "with space",
+            "~!#$%&'()*+-./:;<=>?@[]^_`{|}",
+            &longest,
+            &random,
+            &digest,
+        ] {
+            assert_eq!(read_back(key).as_deref(), Ok(key), "{key:?}");
+        }
     }
 
     #[test]
     fn keys_servers_refuse_are_not_encoded() {
-        for bad in ["", "a b", "a,b", "é", "tab\t", &"k".repeat(MAX_KEY_LEN + 1)] {
+        for bad in [
+            "",
+            "a,b",
+            "é",
+            "tab\t",
+            "nl\n",
+            &"k".repeat(MAX_KEY_LEN + 1),
+        ] {
             assert_eq!(key_header_value(bad), None, "{bad:?}");
         }
     }

@@ -153,8 +153,8 @@ impl IdempotentClient {
     ///
     /// As [`send`](Self::send), and [`RetryErrorKind::InvalidKey`] (before
     /// anything is sent) when `key` is empty, longer than
-    /// [`MAX_KEY_LEN`](super::MAX_KEY_LEN), or holds a byte that is not
-    /// visible ASCII, or a comma.
+    /// [`MAX_KEY_LEN`](crate::MAX_KEY_LEN), or holds a byte that is neither
+    /// visible ASCII nor a space, or a comma.
     ///
     /// # Cancel safety
     ///
@@ -204,7 +204,9 @@ impl IdempotentClient {
                     return Err(err);
                 }
             };
-            request.headers_mut().insert(IDEMPOTENCY_KEY, header.clone());
+            request
+                .headers_mut()
+                .insert(IDEMPOTENCY_KEY, header.clone());
 
             let limit = match (policy.attempt_timeout(), deadline) {
                 (Some(t), Some(d)) => Some(t.min(d.saturating_duration_since(Instant::now()))),

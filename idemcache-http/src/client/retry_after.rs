@@ -170,8 +170,26 @@ impl DateTime {
 
 /// `SP 06 SP Nov SP 1994 SP 08:49:37 SP GMT` (after `Sun,`).
 fn imf_fixdate(s: &[u8]) -> Option<DateTime> {
-    let [b' ', d1, d2, b' ', m1, m2, m3, b' ', y1, y2, y3, y4, b' ', time @ .., b' ', b'G', b'M', b'T'] =
-        s
+    let [
+        b' ',
+        d1,
+        d2,
+        b' ',
+        m1,
+        m2,
+        m3,
+        b' ',
+        y1,
+        y2,
+        y3,
+        y4,
+        b' ',
+        time @ ..,
+        b' ',
+        b'G',
+        b'M',
+        b'T',
+    ] = s
     else {
         return None;
     };
@@ -188,7 +206,24 @@ fn imf_fixdate(s: &[u8]) -> Option<DateTime> {
 
 /// `SP 06-Nov-94 SP 08:49:37 SP GMT` (after `Sunday,`).
 fn rfc850_date(s: &[u8], now: SystemTime) -> Option<DateTime> {
-    let [b' ', d1, d2, b'-', m1, m2, m3, b'-', y1, y2, b' ', time @ .., b' ', b'G', b'M', b'T'] = s
+    let [
+        b' ',
+        d1,
+        d2,
+        b'-',
+        m1,
+        m2,
+        m3,
+        b'-',
+        y1,
+        y2,
+        b' ',
+        time @ ..,
+        b' ',
+        b'G',
+        b'M',
+        b'T',
+    ] = s
     else {
         return None;
     };
@@ -214,7 +249,25 @@ fn rfc850_date(s: &[u8], now: SystemTime) -> Option<DateTime> {
 /// `Sun SP Nov SP SP6 SP 08:49:37 SP 1994` (the day as two digits, or a
 /// space and one digit).
 fn asctime_date(s: &[u8]) -> Option<DateTime> {
-    let [n1, n2, n3, b' ', m1, m2, m3, b' ', d1, d2, b' ', time @ .., b' ', y1, y2, y3, y4] = s
+    let [
+        n1,
+        n2,
+        n3,
+        b' ',
+        m1,
+        m2,
+        m3,
+        b' ',
+        d1,
+        d2,
+        b' ',
+        time @ ..,
+        b' ',
+        y1,
+        y2,
+        y3,
+        y4,
+    ] = s
     else {
         return None;
     };
@@ -241,7 +294,11 @@ fn time_of_day(s: &[u8]) -> Option<(u32, u32, u32)> {
     let [h1, h2, b':', m1, m2, b':', s1, s2] = s else {
         return None;
     };
-    Some((digits(&[*h1, *h2])?, digits(&[*m1, *m2])?, digits(&[*s1, *s2])?))
+    Some((
+        digits(&[*h1, *h2])?,
+        digits(&[*m1, *m2])?,
+        digits(&[*s1, *s2])?,
+    ))
 }
 
 /// ASCII digits (at most four here) as a number.
@@ -292,7 +349,11 @@ fn current_year(now: SystemTime) -> i64 {
     let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
     let month_from_march = (5 * day_of_year + 2) / 153;
     let year = year_of_era + era * 400;
-    if month_from_march >= 10 { year + 1 } else { year }
+    if month_from_march >= 10 {
+        year + 1
+    } else {
+        year
+    }
 }
 
 #[cfg(test)]
