@@ -60,6 +60,8 @@ impl http_body::Body for Body {
 
 impl std::fmt::Debug for Body {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Body").field("size_hint", &http_body::Body::size_hint(&self.0)).finish()
+        f.debug_struct("Body")
+            .field("size_hint", &http_body::Body::size_hint(&self.0))
+            .finish()
     }
 }

@@ -77,8 +77,12 @@ pub enum ConfigError {
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ConfigError::NoMethods => f.write_str("methods: protect at least one method (default: POST, PATCH)"),
-            ConfigError::ZeroBodyCap { which } => write!(f, "max_{which}_body must be greater than zero"),
+            ConfigError::NoMethods => {
+                f.write_str("methods: protect at least one method (default: POST, PATCH)")
+            }
+            ConfigError::ZeroBodyCap { which } => {
+                write!(f, "max_{which}_body must be greater than zero")
+            }
             ConfigError::KeyLength { requested } => {
                 write!(f, "max_key_len must be 1..=255 (got {requested})")
             }

@@ -74,7 +74,10 @@ pub fn parse_key(headers: &HeaderMap, header: &str, max_len: usize) -> Result<St
         [b'"', inner @ .., b'"'] => unquote(inner)?,
         [b'"', ..] => return Err(KeyError::Malformed),
         _ => {
-            if raw.iter().any(|&b| !(0x21..=0x7e).contains(&b) || b == b'"') {
+            if raw
+                .iter()
+                .any(|&b| !(0x21..=0x7e).contains(&b) || b == b'"')
+            {
                 return Err(KeyError::Malformed);
             }
             raw.to_vec()
@@ -148,12 +151,17 @@ impl Scope {
         I: IntoIterator,
         I::Item: AsRef<[u8]>,
     {
-        Scope(Fingerprint::builder().part("idemcache-http.scope").fold_parts(parts))
+        Scope(
+            Fingerprint::builder()
+                .part("idemcache-http.scope")
+                .fold_parts(parts),
+        )
     }
 
     /// The one scope of requests without a principal.
     pub fn anonymous() -> Scope {
-        Scope::of::<[&[u8]; 0]>([])
+        static ANONYMOUS: std::sync::OnceLock<Scope> = std::sync::OnceLock::new();
+        *ANONYMOUS.get_or_init(|| Scope::of::<[&[u8]; 0]>([]))
     }
 
     /// The digest.
@@ -176,7 +184,10 @@ impl FoldParts for idemcache::FingerprintBuilder {
         I: IntoIterator,
         I::Item: AsRef<[u8]>,
     {
-        parts.into_iter().fold(self, |b, part| b.part(part)).finish()
+        parts
+            .into_iter()
+            .fold(self, |b, part| b.part(part))
+            .finish()
     }
 }
 
@@ -250,7 +261,10 @@ mod tests {
         assert_eq!(parse("\"unterminated"), Err(KeyError::Malformed));
         assert_eq!(parse("a b"), Err(KeyError::Malformed));
         let headers = HeaderMap::new();
-        assert_eq!(parse_key(&headers, "idempotency-key", 255), Err(KeyError::Missing));
+        assert_eq!(
+            parse_key(&headers, "idempotency-key", 255),
+            Err(KeyError::Missing)
+        );
     }
 
     #[test]
@@ -260,6 +274,9 @@ mod tests {
             "idempotency-key",
             http::HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap(),
         );
-        assert_eq!(parse_key(&headers, "idempotency-key", 255), Err(KeyError::Malformed));
+        assert_eq!(
+            parse_key(&headers, "idempotency-key", 255),
+            Err(KeyError::Malformed)
+        );
     }
 }

@@ -19,7 +19,9 @@ use tower_service::Service;
 
 use crate::config::{Config, ConfigError, MismatchStatus};
 use crate::shutdown::{ShutdownHandle, ShutdownState};
-use crate::{Body, BoxError, Event, EventKind, KeyError, Problem, Scope, ScopedKey, StoredResponse};
+use crate::{
+    Body, BoxError, Event, EventKind, KeyError, Problem, Scope, ScopedKey, StoredResponse,
+};
 
 /// Claims a request retried after its key was released may make before
 /// the layer answers 409 (a key released and reclaimed over and over).
@@ -82,7 +84,10 @@ where
     /// });
     /// ```
     pub fn scoped(store: St, scope: impl Fn(&Parts) -> Scope + Send + Sync + 'static) -> Self {
-        Self::builder(store).scoped(scope).build().expect("the defaults are valid")
+        Self::builder(store)
+            .scoped(scope)
+            .build()
+            .expect("the defaults are valid")
     }
 
     /// A layer with the defaults and one scope for every request: only for
@@ -92,7 +97,9 @@ where
     /// let layer = idemcache_http::IdempotencyLayer::unscoped(idemcache::Cache::new());
     /// ```
     pub fn unscoped(store: St) -> Self {
-        Self::builder(store).build().expect("the defaults are valid")
+        Self::builder(store)
+            .build()
+            .expect("the defaults are valid")
     }
 
     /// A builder, starting unscoped with the defaults.
@@ -348,7 +355,14 @@ struct RequestInfo {
 }
 
 impl<St> Shared<St> {
-    fn emit(&self, info: &RequestInfo, kind: EventKind, key: Option<&ScopedKey>, status: Option<StatusCode>, detail: Option<&str>) {
+    fn emit(
+        &self,
+        info: &RequestInfo,
+        kind: EventKind,
+        key: Option<&ScopedKey>,
+        status: Option<StatusCode>,
+        detail: Option<&str>,
+    ) {
         if let Some(hook) = &self.config.on_event {
             hook(&Event {
                 kind,
@@ -380,8 +394,17 @@ impl<St> Shared<St> {
         let (min, max) = self.config.retry_after;
         let secs = hint.clamp(min, max).as_secs().max(1);
         let detail = "A request with this Idempotency-Key is still being processed; retry later.";
-        let mut response = self.problem(info, EventKind::Conflict, Some(key), Problem::InProgress, StatusCode::CONFLICT, detail);
-        response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
+        let mut response = self.problem(
+            info,
+            EventKind::Conflict,
+            Some(key),
+            Problem::InProgress,
+            StatusCode::CONFLICT,
+            detail,
+        );
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(secs));
         response
     }
 
@@ -394,11 +417,19 @@ impl<St> Shared<St> {
             StatusCode::SERVICE_UNAVAILABLE,
             detail,
         );
-        response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(1));
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(1));
         response
     }
 
-    fn replay(&self, info: &RequestInfo, key: &ScopedKey, stored: &StoredResponse, kind: EventKind) -> Response<Body> {
+    fn replay(
+        &self,
+        info: &RequestInfo,
+        key: &ScopedKey,
+        stored: &StoredResponse,
+        kind: EventKind,
+    ) -> Response<Body> {
         self.emit(info, kind, Some(key), Some(stored.status()), None);
         stored.to_response().map(full)
     }
@@ -431,11 +462,22 @@ where
         method: request.method().clone(),
         path: request.uri().path().to_owned(),
     };
-    let key = match crate::parse_key(request.headers(), config.header.as_str(), config.max_key_len) {
+    let key = match crate::parse_key(
+        request.headers(),
+        config.header.as_str(),
+        config.max_key_len,
+    ) {
         Ok(key) => key,
         Err(KeyError::Missing) if !config.require_key => return passthrough(request, inner).await,
         Err(error) => {
-            return Ok(shared.problem(&info, EventKind::Rejected, None, Problem::BadKey, StatusCode::BAD_REQUEST, error.detail()));
+            return Ok(shared.problem(
+                &info,
+                EventKind::Rejected,
+                None,
+                Problem::BadKey,
+                StatusCode::BAD_REQUEST,
+                error.detail(),
+            ));
         }
     };
     if shared.shutdown.is_closing() {
@@ -447,7 +489,9 @@ where
             StatusCode::SERVICE_UNAVAILABLE,
             "The server is shutting down; retry with the same Idempotency-Key.",
         );
-        response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(1));
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(1));
         return Ok(response);
     }
     let (parts, body) = request.into_parts();
@@ -457,7 +501,10 @@ where
             return Ok(shared.problem(&info, EventKind::Rejected, None, problem, status, detail));
         }
     };
-    let scope = config.scope.as_ref().map_or_else(Scope::anonymous, |scope| scope(&parts));
+    let scope = config
+        .scope
+        .as_ref()
+        .map_or_else(Scope::anonymous, |scope| scope(&parts));
     let key = ScopedKey::new(scope, key);
     let fingerprint = (config.fingerprint)(&parts, &body);
     let claim_id = ClaimId::random();
@@ -479,17 +526,31 @@ where
             }
             ClaimOutcome::Mismatch => return Ok(mismatch(&shared, &info, &key)),
             ClaimOutcome::Full => {
-                return Ok(shared.unavailable(&info, &key, "The idempotency store is full; retry later."));
+                return Ok(shared.unavailable(
+                    &info,
+                    &key,
+                    "The idempotency store is full; retry later.",
+                ));
             }
             ClaimOutcome::InProgress(in_flight) => {
-                let Some(timeout) = config.wait.filter(|_| !in_flight.abandoned && claims < MAX_CLAIMS) else {
+                let Some(timeout) = config
+                    .wait
+                    .filter(|_| !in_flight.abandoned && claims < MAX_CLAIMS)
+                else {
                     return Ok(shared.conflict(&info, &key, in_flight.retry_after()));
                 };
                 let policy = WaitPolicy {
                     timeout,
                     ..WaitPolicy::default()
                 };
-                let seen = idemcache::store::wait_for_outcome(&*shared.store_arc(), &key, Some(fingerprint), policy, tokio::time::sleep).await;
+                let seen = idemcache::store::wait_for_outcome(
+                    &shared.store,
+                    &key,
+                    Some(fingerprint),
+                    policy,
+                    tokio::time::sleep,
+                )
+                .await;
                 match seen {
                     Ok(Peek::Completed(replay)) => {
                         return Ok(shared.replay(&info, &key, replay.value(), EventKind::Waited));
@@ -499,24 +560,27 @@ where
                     Ok(Peek::InProgress(in_flight)) => {
                         return Ok(shared.conflict(&info, &key, in_flight.retry_after()));
                     }
-                    Err(error) => return Ok(shared.unavailable(&info, &key, &store_detail(&error))),
+                    Err(error) => {
+                        return Ok(shared.unavailable(&info, &key, &store_detail(&error)));
+                    }
                 }
             }
         }
     }
 }
 
-impl<St> Shared<St> {
-    fn store_arc(&self) -> &St {
-        &self.store
-    }
-}
-
 fn mismatch<St>(shared: &Shared<St>, info: &RequestInfo, key: &ScopedKey) -> Response<Body> {
     let status = shared.config.mismatch.status();
-    let detail = "This Idempotency-Key was used with a different request (method, path, query or body).";
-    let _ = MismatchStatus::default;
-    shared.problem(info, EventKind::Mismatch, Some(key), Problem::KeyReused, status, detail)
+    let detail =
+        "This Idempotency-Key was used with a different request (method, path, query or body).";
+    shared.problem(
+        info,
+        EventKind::Mismatch,
+        Some(key),
+        Problem::KeyReused,
+        status,
+        detail,
+    )
 }
 
 fn store_detail(error: &StoreError) -> String {
@@ -526,7 +590,11 @@ fn store_detail(error: &StoreError) -> String {
 /// Reads a request body up to `cap`: 413 for a larger one (by its
 /// `Content-Length`, without reading, or while reading), 400 for a broken
 /// one.
-async fn read_body<B>(parts: &Parts, body: B, cap: usize) -> Result<Bytes, (Problem, StatusCode, &'static str)>
+async fn read_body<B>(
+    parts: &Parts,
+    body: B,
+    cap: usize,
+) -> Result<Bytes, (Problem, StatusCode, &'static str)>
 where
     B: HttpBody<Data = Bytes>,
     B::Error: Into<BoxError>,
@@ -555,7 +623,10 @@ where
 
 /// Runs the handler for an acquired claim, detached from the connection:
 /// a client that disconnects drops this future, not the handler, which
-/// finishes and stores its response for the retry to replay.
+/// finishes and stores its response for the retry to replay. The work runs
+/// in this future while it is polled (no task, no channel on the common
+/// path) and moves to a task of its own only if this future is dropped
+/// first.
 async fn execute<S, St, ResBody>(
     shared: Arc<Shared<St>>,
     inner: S,
@@ -572,17 +643,43 @@ where
     ResBody: HttpBody<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
-    let (answer, answered) = tokio::sync::oneshot::channel();
     let in_flight = shared.shutdown.track();
-    tokio::spawn(async move {
+    Detachable(Some(Box::pin(async move {
         let _in_flight = in_flight;
-        let outcome = run_and_record(&shared, inner, request, &info, &key, token).await;
-        let _ = answer.send(outcome); // the client may be gone: the record stays
-    });
-    match answered.await {
-        Ok(outcome) => outcome,
-        // Unreachable in practice: the detached task always answers.
-        Err(_) => Ok(Problem::HandlerFailed.response(StatusCode::INTERNAL_SERVER_ERROR, "The request failed.").map(full)),
+        run_and_record(&shared, inner, request, &info, &key, token).await
+    })))
+    .await
+}
+
+/// A future that, dropped before it completes, finishes on a task of its
+/// own (the client's connection went away; the handler's work must not).
+struct Detachable<T: 'static>(Option<Pin<Box<dyn Future<Output = T> + Send>>>);
+
+impl<T: 'static> Future for Detachable<T> {
+    type Output = T;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        let future = self.0.as_mut().expect("polled after completion");
+        let output = std::task::ready!(future.as_mut().poll(cx));
+        self.0 = None;
+        Poll::Ready(output)
+    }
+}
+
+impl<T: 'static> Drop for Detachable<T> {
+    fn drop(&mut self) {
+        if let Some(unfinished) = self.0.take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn(async move {
+                        let _ = unfinished.await; // recorded for the retry
+                    });
+                }
+                // No runtime to finish on (it is shutting down): the claim
+                // stays held until its lease lapses, as after a crash.
+                Err(_) => drop(unfinished),
+            }
+        }
     }
 }
 
@@ -604,29 +701,47 @@ where
 {
     let store = &shared.store;
     let config = &shared.config;
-    // Its own task, so a panic is caught (as a join error) rather than
-    // taking the recording down with it.
-    let handler = tokio::spawn(inner.call(request));
+    // A panic is caught, so the claim is still recorded as abandoned.
+    let handler = CatchUnwind(Box::pin(inner.call(request)));
     let joined = renew_while(handler, store, key, token, config.renew_ceiling).await;
     let response = match joined {
         Ok(Ok(response)) => response,
         Ok(Err(error)) => {
             // No response: what the handler did is unknown.
             let _ = store.abandon(key, token).await;
-            shared.emit(info, EventKind::Abandoned, Some(key), None, Some("the service returned an error"));
+            shared.emit(
+                info,
+                EventKind::Abandoned,
+                Some(key),
+                None,
+                Some("the service returned an error"),
+            );
             return Err(error);
         }
         Err(_panicked) => {
             let _ = store.abandon(key, token).await;
             let detail = "The request failed; retry with the same Idempotency-Key later.";
-            return Ok(shared.problem(info, EventKind::Abandoned, Some(key), Problem::HandlerFailed, StatusCode::INTERNAL_SERVER_ERROR, detail));
+            return Ok(shared.problem(
+                info,
+                EventKind::Abandoned,
+                Some(key),
+                Problem::HandlerFailed,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                detail,
+            ));
         }
     };
     let (parts, body) = response.into_parts();
     if parts.status.is_server_error() {
         // A failure worth retrying: nothing is kept.
         let _ = store.release(key, token).await;
-        shared.emit(info, EventKind::Released, Some(key), Some(parts.status), None);
+        shared.emit(
+            info,
+            EventKind::Released,
+            Some(key),
+            Some(parts.status),
+            None,
+        );
         return Ok(boxed(Response::from_parts(parts, body)));
     }
     let cap = config.max_response_body as u64;
@@ -636,64 +751,138 @@ where
         // outcome is not kept, so the key stays held until the lease lapses.
         let _ = store.abandon(key, token).await;
         let detail = "response streaming or over the size cap: not stored";
-        shared.emit(info, EventKind::Abandoned, Some(key), Some(parts.status), Some(detail));
+        shared.emit(
+            info,
+            EventKind::Abandoned,
+            Some(key),
+            Some(parts.status),
+            Some(detail),
+        );
         return Ok(boxed(Response::from_parts(parts, body)));
     }
     let bytes = match Limited::new(body, config.max_response_body).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(_) => {
             let _ = store.abandon(key, token).await;
-            let detail = "The response could not be produced; retry with the same Idempotency-Key later.";
-            return Ok(shared.problem(info, EventKind::Abandoned, Some(key), Problem::HandlerFailed, StatusCode::INTERNAL_SERVER_ERROR, detail));
+            let detail =
+                "The response could not be produced; retry with the same Idempotency-Key later.";
+            return Ok(shared.problem(
+                info,
+                EventKind::Abandoned,
+                Some(key),
+                Problem::HandlerFailed,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                detail,
+            ));
         }
     };
-    let stored = StoredResponse::capture(parts.status, &parts.headers, &config.stored_headers, bytes.clone());
+    let stored = StoredResponse::capture(
+        parts.status,
+        &parts.headers,
+        &config.stored_headers,
+        bytes.clone(),
+    );
     let response = Response::from_parts(parts, full(bytes));
     match store.complete(key, token, stored, config.retention).await {
         Ok(Completion::Stored { .. }) => {
-            shared.emit(info, EventKind::Executed, Some(key), Some(response.status()), None);
+            shared.emit(
+                info,
+                EventKind::Executed,
+                Some(key),
+                Some(response.status()),
+                None,
+            );
         }
         Ok(Completion::NotStored(reason)) => {
             let detail = format!("response not stored ({reason:?}): a retry runs again");
-            shared.emit(info, EventKind::Executed, Some(key), Some(response.status()), Some(&detail));
+            shared.emit(
+                info,
+                EventKind::Executed,
+                Some(key),
+                Some(response.status()),
+                Some(&detail),
+            );
         }
         Err(StoreError::Fenced(_)) => {
             // The lease lapsed and another request took the key over:
             // answer with what the key holds now.
-            shared.emit(info, EventKind::Fenced, Some(key), Some(response.status()), None);
+            shared.emit(
+                info,
+                EventKind::Fenced,
+                Some(key),
+                Some(response.status()),
+                None,
+            );
             return Ok(match store.peek(key, None).await {
-                Ok(Peek::Completed(replay)) => shared.replay(info, key, replay.value(), EventKind::Replayed),
-                Ok(Peek::InProgress(in_flight)) => shared.conflict(info, key, in_flight.retry_after()),
+                Ok(Peek::Completed(replay)) => {
+                    shared.replay(info, key, replay.value(), EventKind::Replayed)
+                }
+                Ok(Peek::InProgress(in_flight)) => {
+                    shared.conflict(info, key, in_flight.retry_after())
+                }
                 _ => response,
             });
         }
         Err(error) => {
-            let detail = format!("response not stored ({error}): the key stays held until its lease lapses");
-            shared.emit(info, EventKind::Abandoned, Some(key), Some(response.status()), Some(&detail));
+            let detail =
+                format!("response not stored ({error}): the key stays held until its lease lapses");
+            shared.emit(
+                info,
+                EventKind::Abandoned,
+                Some(key),
+                Some(response.status()),
+                Some(&detail),
+            );
         }
     }
     Ok(response)
 }
 
+/// The handler panicked.
+struct Panicked;
+
+/// Resolves to the future's output, or to [`Panicked`] if polling it
+/// panicked.
+struct CatchUnwind<F>(Pin<Box<F>>);
+
+impl<F: Future> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, Panicked>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let future = self.0.as_mut();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| future.poll(cx))) {
+            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(_) => Poll::Ready(Err(Panicked)),
+        }
+    }
+}
+
 /// Awaits `handler`, renewing the claim's lease every third of it until
-/// `ceiling` has passed (then the lease runs out on its own).
-async fn renew_while<T, St>(
-    handler: tokio::task::JoinHandle<T>,
+/// `ceiling` has passed (then the lease runs out on its own). The renewal
+/// timer is only set up if the handler does not finish at once.
+async fn renew_while<F, St>(
+    handler: F,
     store: &St,
     key: &ScopedKey,
     token: u64,
     ceiling: Duration,
-) -> Result<T, tokio::task::JoinError>
+) -> F::Output
 where
+    F: Future,
     St: Store<Key = ScopedKey>,
 {
     let mut handler = pin!(handler);
+    let first = std::future::poll_fn(|cx| Poll::Ready(handler.as_mut().poll(cx))).await;
+    if let Poll::Ready(output) = first {
+        return output;
+    }
     let started = Instant::now();
     let every = (store.lease() / 3).max(Duration::from_millis(10));
     let mut renewing = true;
     loop {
         tokio::select! {
-            joined = &mut handler => return joined,
+            output = &mut handler => return output,
             () = tokio::time::sleep(every), if renewing => {
                 if started.elapsed() + store.lease() > ceiling {
                     renewing = false;

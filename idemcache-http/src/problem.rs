@@ -96,8 +96,12 @@ mod tests {
 
     #[test]
     fn problems_are_valid_json_with_the_four_members() {
-        let response = Problem::KeyReused.response(StatusCode::UNPROCESSABLE_ENTITY, "a \"quoted\" detail\n");
-        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/problem+json");
+        let response =
+            Problem::KeyReused.response(StatusCode::UNPROCESSABLE_ENTITY, "a \"quoted\" detail\n");
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
         let body: serde_json::Value = serde_json::from_slice(response.body()).unwrap();
         assert_eq!(body["status"], 422);
         assert_eq!(body["title"], "Idempotency-Key is already used");

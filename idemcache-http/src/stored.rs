@@ -1,5 +1,7 @@
 //! What is kept of a response, and how a replay is rebuilt from it.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
@@ -21,8 +23,9 @@ pub const DEFAULT_STORED_HEADERS: &[HeaderName] = &[
 /// A response as the store keeps it: status, allow-listed headers, body.
 ///
 /// `Cache<ScopedKey, StoredResponse>` is the in-process store for the
-/// layer; with the `serde` feature it serializes, so the core's snapshot
-/// files can keep it across restarts.
+/// layer; with the `serde` feature it serializes (headers as name/bytes
+/// pairs), so the core's snapshot files can keep it across restarts.
+/// Cloning it (every replay does) copies no header or body bytes.
 ///
 /// ```
 /// use http::StatusCode;
@@ -34,26 +37,22 @@ pub const DEFAULT_STORED_HEADERS: &[HeaderName] = &[
 /// assert_eq!(replay.headers()["idempotent-replayed"], "true");
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct StoredResponse {
-    status: u16,
-    headers: Vec<(String, Bytes)>,
+    status: StatusCode,
+    headers: Arc<[(HeaderName, HeaderValue)]>,
     body: Bytes,
 }
 
 impl StoredResponse {
-    /// A stored response from its parts (header names are kept as given).
+    /// A stored response from its parts.
     pub fn new(
         status: StatusCode,
         headers: Vec<(HeaderName, HeaderValue)>,
         body: impl Into<Bytes>,
     ) -> Self {
         StoredResponse {
-            status: status.as_u16(),
-            headers: headers
-                .into_iter()
-                .map(|(name, value)| (name.as_str().to_owned(), Bytes::copy_from_slice(value.as_bytes())))
-                .collect(),
+            status,
+            headers: headers.into(),
             body: body.into(),
         }
     }
@@ -68,14 +67,19 @@ impl StoredResponse {
     ) -> Self {
         let kept = allowed
             .iter()
-            .flat_map(|name| headers.get_all(name).iter().map(move |v| (name.clone(), v.clone())))
+            .flat_map(|name| {
+                headers
+                    .get_all(name)
+                    .iter()
+                    .map(move |v| (name.clone(), v.clone()))
+            })
             .collect();
         StoredResponse::new(status, kept, body)
     }
 
     /// The stored status.
     pub fn status(&self) -> StatusCode {
-        StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+        self.status
     }
 
     /// The stored body.
@@ -83,34 +87,82 @@ impl StoredResponse {
         &self.body
     }
 
-    /// The stored headers, as valid names and values (a damaged entry from
-    /// a file is skipped).
-    pub fn headers(&self) -> impl Iterator<Item = (HeaderName, HeaderValue)> + '_ {
-        self.headers.iter().filter_map(|(name, value)| {
-            let name = HeaderName::from_bytes(name.as_bytes()).ok()?;
-            let value = HeaderValue::from_maybe_shared(value.clone()).ok()?;
-            Some((name, value))
-        })
+    /// The stored headers.
+    pub fn headers(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> + '_ {
+        self.headers.iter().map(|(name, value)| (name, value))
     }
 
     /// Bytes held (body and headers), for size accounting.
     pub fn size(&self) -> usize {
-        self.body.len() + self.headers.iter().map(|(n, v)| n.len() + v.len()).sum::<usize>()
+        self.body.len()
+            + self
+                .headers
+                .iter()
+                .map(|(n, v)| n.as_str().len() + v.len())
+                .sum::<usize>()
     }
 
     /// The replay: the stored status, headers and body, plus
     /// `Idempotent-Replayed: true`.
     pub fn to_response(&self) -> Response<Bytes> {
         let mut response = Response::new(self.body.clone());
-        *response.status_mut() = self.status();
+        *response.status_mut() = self.status;
         let headers = response.headers_mut();
-        for (name, value) in self.headers() {
-            headers.append(name, value);
+        headers.reserve(self.headers.len() + 1);
+        for (name, value) in self.headers.iter() {
+            headers.append(name.clone(), value.clone());
         }
         headers.insert(
             HeaderName::from_static("idempotent-replayed"),
             HeaderValue::from_static("true"),
         );
         response
+    }
+}
+
+#[cfg(feature = "serde")]
+mod serde_impl {
+    use super::*;
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    /// The serialized form: plain data.
+    #[derive(Serialize, Deserialize)]
+    struct Plain {
+        status: u16,
+        headers: Vec<(String, Bytes)>,
+        body: Bytes,
+    }
+
+    impl Serialize for StoredResponse {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            Plain {
+                status: self.status.as_u16(),
+                headers: self
+                    .headers
+                    .iter()
+                    .map(|(n, v)| (n.as_str().to_owned(), Bytes::copy_from_slice(v.as_bytes())))
+                    .collect(),
+                body: self.body.clone(),
+            }
+            .serialize(serializer)
+        }
+    }
+
+    impl<'de> Deserialize<'de> for StoredResponse {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            let plain = Plain::deserialize(deserializer)?;
+            let status = StatusCode::from_u16(plain.status).map_err(D::Error::custom)?;
+            let headers = plain
+                .headers
+                .into_iter()
+                .map(|(name, value)| {
+                    let name = HeaderName::from_bytes(name.as_bytes()).map_err(D::Error::custom)?;
+                    let value = HeaderValue::from_maybe_shared(value).map_err(D::Error::custom)?;
+                    Ok((name, value))
+                })
+                .collect::<Result<Vec<_>, D::Error>>()?;
+            Ok(StoredResponse::new(status, headers, plain.body))
+        }
     }
 }

@@ -116,19 +116,22 @@ impl RetryError {
 
 impl fmt::Display for RetryError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (key, attempts) = (&self.key, self.attempts);
+        let key = &self.key;
+        let attempts = match self.attempts {
+            1 => "1 attempt".to_owned(),
+            n => format!("{n} attempts"),
+        };
         match self.kind {
-            RetryErrorKind::AttemptsExhausted => write!(
-                f,
-                "gave up after {attempts} attempts with idempotency key {key:?}"
-            )?,
+            RetryErrorKind::AttemptsExhausted => {
+                write!(f, "gave up after {attempts} with idempotency key {key:?}")?;
+            }
             RetryErrorKind::DeadlineExceeded => write!(
                 f,
-                "deadline passed after {attempts} attempts with idempotency key {key:?}"
+                "deadline passed after {attempts} with idempotency key {key:?}"
             )?,
             RetryErrorKind::Unsendable => write!(
                 f,
-                "request cannot be sent (after {attempts} attempts with idempotency key {key:?}); fix the request builder"
+                "request cannot be sent as built (after {attempts} with idempotency key {key:?}); fix the request builder"
             )?,
             RetryErrorKind::InvalidKey => {
                 return write!(
@@ -137,7 +140,7 @@ impl fmt::Display for RetryError {
                 );
             }
         }
-        if let Some(reason) = self.last_reason {
+        if let Some(reason) = self.last_reason.filter(|_| self.attempts > 0) {
             write!(f, "; last attempt: {reason}")?;
         }
         if let Some(status) = self.last_status {

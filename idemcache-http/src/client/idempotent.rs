@@ -208,25 +208,19 @@ impl IdempotentClient {
                 .headers_mut()
                 .insert(IDEMPOTENCY_KEY, header.clone());
 
-            let limit = match (policy.attempt_timeout(), deadline) {
-                (Some(t), Some(d)) => Some(t.min(d.saturating_duration_since(Instant::now()))),
-                (Some(t), None) => Some(t),
-                (None, Some(d)) => Some(d.saturating_duration_since(Instant::now())),
-                (None, None) => None,
-            };
-            attempts += 1;
-            let sent = match limit {
-                Some(limit) => timeout(limit, client.execute(request)).await.ok(),
-                None => Some(client.execute(request).await),
-            };
-            let (outcome, response, error) = match sent {
-                None => (Outcome::Timeout, None, None),
-                Some(Ok(response)) => (Outcome::Status(response.status()), Some(response), None),
-                Some(Err(error)) => (outcome_of(&error), None, Some(error)),
-            };
+            let attempt = Attempt::send(&client, request, self.attempt_limit(deadline)).await;
+            let outcome = attempt.outcome();
+            if outcome != Outcome::Unsendable {
+                attempts += 1; // it reached the network
+            }
             let class = Classification::of(outcome);
-
+            let (response, error) = match attempt {
+                Attempt::Answered(response) => (Some(response), None),
+                Attempt::Failed(error) => (None, Some(error)),
+                Attempt::TimedOut => (None, None),
+            };
             let last_status = response.as_ref().map(reqwest::Response::status);
+
             let (kind, response) = match (class.decision, response) {
                 (Decision::Accept | Decision::Stop, Some(response)) => {
                     return Ok(IdempotentResponse {
@@ -256,7 +250,9 @@ impl IdempotentClient {
                         // rather than sleep to the deadline.
                         RetryErrorKind::DeadlineExceeded
                     } else {
-                        drop(response); // back to the pool before waiting
+                        // Unread, the body's connection is closed rather
+                        // than pooled: release it before waiting.
+                        drop(response);
                         sleep(wait).await;
                         continue;
                     };
@@ -274,20 +270,62 @@ impl IdempotentClient {
             });
         }
     }
+
+    /// How long the next attempt may take: the attempt timeout, cut to the
+    /// time left before the deadline.
+    fn attempt_limit(&self, deadline: Option<Instant>) -> Option<Duration> {
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        match (self.policy.attempt_timeout(), left) {
+            (Some(timeout), Some(left)) => Some(timeout.min(left)),
+            (timeout, left) => timeout.or(left),
+        }
+    }
 }
 
-/// What a reqwest error says about the attempt.
-fn outcome_of(error: &reqwest::Error) -> Outcome {
-    if error.is_builder() || error.is_redirect() {
-        Outcome::Unsendable
-    } else if error.is_connect() {
-        Outcome::Connect
-    } else if error.is_timeout() {
-        Outcome::Timeout
-    } else if error.is_body() {
-        Outcome::Body
-    } else {
-        Outcome::Transport
+/// How one attempt ended.
+enum Attempt {
+    /// Response headers arrived (the body is unread).
+    Answered(reqwest::Response),
+    /// reqwest failed.
+    Failed(reqwest::Error),
+    /// The attempt's time limit passed first.
+    TimedOut,
+}
+
+impl Attempt {
+    /// Sends `request` through `client`, until its response headers
+    /// arrive or `limit` passes.
+    async fn send(
+        client: &reqwest::Client,
+        request: reqwest::Request,
+        limit: Option<Duration>,
+    ) -> Attempt {
+        let sent = match limit {
+            Some(limit) => match timeout(limit, client.execute(request)).await {
+                Ok(sent) => sent,
+                Err(_elapsed) => return Attempt::TimedOut,
+            },
+            None => client.execute(request).await,
+        };
+        match sent {
+            Ok(response) => Attempt::Answered(response),
+            Err(error) => Attempt::Failed(error),
+        }
+    }
+
+    /// The attempt as the classification sees it.
+    fn outcome(&self) -> Outcome {
+        match self {
+            Attempt::Answered(response) => Outcome::Status(response.status()),
+            Attempt::TimedOut => Outcome::Timeout,
+            Attempt::Failed(error) if error.is_builder() || error.is_redirect() => {
+                Outcome::Unsendable
+            }
+            Attempt::Failed(error) if error.is_connect() => Outcome::Connect,
+            Attempt::Failed(error) if error.is_timeout() => Outcome::Timeout,
+            Attempt::Failed(error) if error.is_body() => Outcome::Body,
+            Attempt::Failed(_) => Outcome::Transport,
+        }
     }
 }
 

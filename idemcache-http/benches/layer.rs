@@ -1,0 +1,193 @@
+//! What the layer costs per request: a hyper (axum) server on loopback with
+//! and without `IdempotencyLayer`, driven by a keep-alive hyper client, in
+//! one run.
+//!
+//! `cargo bench -p idemcache-http --bench layer` (about 30 s). Workloads:
+//!
+//! - **bare**: the handler without the layer;
+//! - **first execution**: through the layer, a new key per request (claim,
+//!   run, store);
+//! - **replay**: through the layer, one key already completed (claim,
+//!   replay; the handler does not run).
+//!
+//! Each is run in rounds interleaved with the others (so drift on a shared
+//! machine spreads over all three) with `BENCH_CONCURRENCY` client tasks
+//! (default 4) for `BENCH_SECONDS` per round (default 2) × 3 rounds.
+//! Reported: requests/s, the ratio to bare from the same run, and p50/p99
+//! latency.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::post;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use idemcache::Cache;
+use idemcache_http::{IdempotencyLayer, ScopedKey, StoredResponse};
+
+/// The handler: parse a small JSON body, answer 201 with a small JSON body
+/// and a Location header, as a payments endpoint would.
+async fn charge(body: Bytes) -> impl IntoResponse {
+    let amount = body.len();
+    (
+        StatusCode::CREATED,
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::LOCATION, "/charges/ch_1"),
+        ],
+        format!(r#"{{"id":"ch_1","amount":{amount}}}"#),
+    )
+}
+
+async fn serve(app: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    address
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Workload {
+    Bare,
+    First,
+    Replay,
+}
+
+impl Workload {
+    fn name(self) -> &'static str {
+        match self {
+            Workload::Bare => "bare handler",
+            Workload::First => "first execution (layer)",
+            Workload::Replay => "replay (layer)",
+        }
+    }
+}
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+async fn send(client: &HttpClient, address: SocketAddr, key: &str) {
+    let request = http::Request::post(format!("http://{address}/charges"))
+        .header("idempotency-key", key)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from_static(br#"{"amount":4200}"#)))
+        .unwrap();
+    let response = client.request(request).await.expect("the server answers");
+    assert!(response.status().is_success(), "{}", response.status());
+    response.into_body().collect().await.unwrap();
+}
+
+/// Runs `workload` for `seconds` with `tasks` client tasks; latencies in µs.
+async fn round(
+    client: &HttpClient,
+    address: SocketAddr,
+    workload: Workload,
+    tasks: usize,
+    seconds: f64,
+    next_key: &Arc<AtomicU64>,
+) -> (u64, Vec<f64>) {
+    let until = Instant::now() + Duration::from_secs_f64(seconds);
+    let mut handles = Vec::new();
+    for _ in 0..tasks {
+        let (client, next_key) = (client.clone(), Arc::clone(next_key));
+        handles.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while Instant::now() < until {
+                let key = match workload {
+                    Workload::Replay => "the-replayed-key".to_string(),
+                    _ => format!("key-{}", next_key.fetch_add(1, Ordering::Relaxed)),
+                };
+                let start = Instant::now();
+                send(&client, address, &key).await;
+                latencies.push(start.elapsed().as_secs_f64() * 1e6);
+            }
+            latencies
+        }));
+    }
+    let mut all = Vec::new();
+    for handle in handles {
+        all.extend(handle.await.unwrap());
+    }
+    (all.len() as u64, all)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this
+    // binary without it, and then it only checks that it starts.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let tasks: usize = std::env::var("BENCH_CONCURRENCY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
+    let seconds: f64 = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2.0);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let bare = serve(Router::new().route("/charges", post(charge))).await;
+        let store: Cache<ScopedKey, StoredResponse> = Cache::builder().max_entries(10_000_000).build().unwrap();
+        let layered = serve(Router::new().route("/charges", post(charge)).layer(IdempotencyLayer::unscoped(store))).await;
+        let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+        let next_key = Arc::new(AtomicU64::new(0));
+        // Warm up both servers and complete the replayed key.
+        send(&client, layered, "the-replayed-key").await;
+        for workload in [Workload::Bare, Workload::First, Workload::Replay] {
+            let address = if workload == Workload::Bare { bare } else { layered };
+            round(&client, address, workload, tasks, 0.5, &next_key).await;
+        }
+        let workloads = [Workload::Bare, Workload::First, Workload::Replay];
+        let mut results: Vec<(u64, Vec<f64>)> = vec![(0, Vec::new()); 3];
+        for _ in 0..3 {
+            for (i, &workload) in workloads.iter().enumerate() {
+                let address = if workload == Workload::Bare { bare } else { layered };
+                let (count, latencies) = round(&client, address, workload, tasks, seconds, &next_key).await;
+                results[i].0 += count;
+                results[i].1.extend(latencies);
+            }
+        }
+        let total = 3.0 * seconds;
+        let bare_rps = results[0].0 as f64 / total;
+        println!("{tasks} client tasks, 2 server worker threads, {total} s per workload in 3 interleaved rounds");
+        println!();
+        println!("| workload | requests/s | vs bare | p50 µs | p99 µs |");
+        println!("|---|---|---|---|---|");
+        let mut bare_p = (0.0, 0.0);
+        for (i, workload) in workloads.iter().enumerate() {
+            let (count, latencies) = &mut results[i];
+            latencies.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            let (p50, p99) = (percentile(latencies, 0.50), percentile(latencies, 0.99));
+            if i == 0 {
+                bare_p = (p50, p99);
+            }
+            let rps = *count as f64 / total;
+            println!(
+                "| {} | {:.0} | {:.2}× | {:.0} (+{:.0}) | {:.0} (+{:.0}) |",
+                workload.name(),
+                rps,
+                rps / bare_rps,
+                p50,
+                p50 - bare_p.0,
+                p99,
+                p99 - bare_p.1
+            );
+        }
+    });
+}
