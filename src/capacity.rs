@@ -153,12 +153,14 @@ impl Capacity {
     /// unit in that shard, or hands `input` back. Then `free_elsewhere`
     /// tries the other shards (one lock at a time) and the attempt is
     /// repeated. The write is refused (`Err(input)`) when no shard could
-    /// give a unit up and waiting cannot help: the policy never evicts live
-    /// records, or every unit is held by a claim (never evicted). Under
-    /// `EvictSoonest` the loop otherwise goes on: units held by writes
-    /// inserting right now under other locks become entries in a moment.
+    /// give a unit up and waiting cannot help: the write may not evict
+    /// (`evicting` is false: the `Refuse` policy, or a restore, which never
+    /// evicts), or every unit is held by a claim (never evicted). An
+    /// evicting write otherwise goes on: units held by writes inserting
+    /// right now under other locks become entries in a moment.
     pub(crate) fn admit<T, R>(
         &self,
+        evicting: bool,
         mut input: T,
         mut attempt: impl FnMut(T) -> Admission<T, R>,
         mut free_elsewhere: impl FnMut() -> bool,
@@ -171,7 +173,7 @@ impl Capacity {
             if free_elsewhere() {
                 continue;
             }
-            if !self.evicts_live() || self.entries() == 0 {
+            if !evicting || self.entries() == 0 {
                 return Err(input);
             }
             thread::yield_now();

@@ -323,15 +323,23 @@ where
 
     /// Runs `attempt` (a write under the written shard's lock) until it is
     /// done, making room in other shards between attempts, or until the
-    /// bound refuses it (see [`Capacity::admit`]).
+    /// bound refuses it (see [`Capacity::admit`]). `evicting`: whether the
+    /// write may evict live entries elsewhere, as the policy allows (a
+    /// restore never does).
     fn admit<T, R>(
         &self,
         index: usize,
+        evicting: bool,
         input: T,
         mut attempt: impl FnMut(T) -> Admission<T, R>,
     ) -> Result<R, T> {
         match &self.capacity {
-            Some(capacity) => capacity.admit(input, attempt, || self.make_room_elsewhere(index)),
+            Some(capacity) => {
+                let evicting = evicting && capacity.evicts_live();
+                capacity.admit(evicting, input, attempt, || {
+                    self.make_room_elsewhere(index, evicting)
+                })
+            }
             // Without a bound no write ever needs room.
             None => match attempt(input) {
                 Admission::Done(result) => Ok(result),
@@ -341,8 +349,9 @@ where
     }
 
     /// Frees one unit of the bound in a shard other than `written` (see
-    /// [`Shard::give_up_one`]), one lock at a time. `false` if none could.
-    fn make_room_elsewhere(&self, written: usize) -> bool {
+    /// [`Shard::give_up_one`]; without evicting live entries unless
+    /// `evicting`), one lock at a time. `false` if none could.
+    fn make_room_elsewhere(&self, written: usize, evicting: bool) -> bool {
         let Some(capacity) = &self.capacity else {
             return true;
         };
@@ -350,7 +359,12 @@ where
         for offset in 1..count {
             let index = (written + offset) % count;
             let freed = self.with_shard(index, |shard, grave| {
-                shard.give_up_one(&self.ctx(self.now()), grave)
+                let ctx = self.ctx(self.now());
+                if evicting {
+                    shard.give_up_one(&ctx, grave)
+                } else {
+                    shard.give_up_one_reclaimable(&ctx, grave)
+                }
             });
             if freed {
                 capacity.release(1);
@@ -442,7 +456,7 @@ where
             value,
             deadline: now,
         };
-        let written = self.admit(index, write, |mut write| {
+        let written = self.admit(index, true, write, |mut write| {
             self.with_shard(index, |shard, grave| {
                 now = self.now();
                 write.deadline = now.after(ttl);
@@ -571,7 +585,7 @@ where
     {
         let index = self.shard_index(request.hash);
         let mut now = self.now();
-        let claimed = self.admit(index, request, |mut request| {
+        let claimed = self.admit(index, true, request, |mut request| {
             self.with_shard(index, |shard, grave| {
                 now = self.now();
                 request.lease_deadline = now.after(self.lease);
@@ -671,7 +685,7 @@ where
     /// restore never evicts).
     pub(crate) fn restore_record(&self, record: Restore<K, V>) -> Option<Restored> {
         let index = self.shard_index(record.hash);
-        self.admit(index, record, |record| {
+        self.admit(index, false, record, |record| {
             self.with_shard(index, |shard, grave| {
                 shard.restore(record, &self.ctx(self.now()), grave)
             })

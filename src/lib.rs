@@ -286,7 +286,7 @@
 //! | what | tool | bound | where |
 //! |---|---|---|---|
 //! | single flight, hand-over after `Err`/panic/dropped future, wake-ups, invalidation, `len()`/bound consistency, background-thread shutdown (last drop, racing `shutdown` calls); claims racing, release and abandonment wake-ups (blocking and async), waiting out an abandoned claim, racing reclaim of a lapsed claim's room, fencing | [loom] (all interleavings) | 2–3 threads; `LOOM_MAX_PREEMPTIONS=2` in CI | `tests/loom.rs`, `tests/loom_protocol.rs` |
-//! | every operation's result, `len()`, eviction victim, counters, abandonment | [proptest], against a `BTreeMap` reference model | 1..200 ops over 6 keys; 1,000 cases × 6 configurations in CI | `src/tests/model_based.rs`, `tests/model/` |
+//! | every operation's result, `len()`, eviction victim, counters, abandonment | [proptest], against a `BTreeMap` reference model | 1..200 ops over 6 keys; 1,000 cases × 6 configurations in CI | `src/tests/model_based.rs`, `src/tests/model.rs` |
 //! | the [`store::Store`] protocol: every point above through the trait | the store conformance suite (`conformance` feature), run against `Cache` | | `src/store/conformance.rs`, `tests/store_conformance.rs` |
 //! | the same model, differentially | cargo-fuzz (`ops`) | corpus replay + 30 s in CI | `fuzz/` |
 //! | invariants under real threads: no panic, `len() <= max_entries`, values belong to their key, nothing returned past its deadline | cargo-fuzz (`concurrent_ops`) | corpus replay + 30 s in CI | `fuzz/` |

@@ -480,3 +480,36 @@ fn a_panicking_hash_during_restore_leaks_no_room() {
     assert_eq!(stored, 60 - panicked);
     assert_eq!(cache.len(), stored, "every unit of the bound is an entry");
 }
+
+/// Found by the model review: a restore into a full `EvictSoonest` cache
+/// evicted live entries in other shards, and spun forever when the only
+/// live entries were in the restored key's shard. A restore never evicts.
+#[test]
+fn a_restore_into_a_full_evicting_cache_refuses_instead_of_evicting_or_spinning() {
+    for shards in [1, 4] {
+        let clock = ManualClock::new();
+        let cache: Cache<u32, u32> = Cache::builder()
+            .clock(clock.clone())
+            .shards(shards)
+            .max_entries(1)
+            .capacity_policy(idemcache::CapacityPolicy::EvictSoonest)
+            .build()
+            .unwrap();
+        cache.insert(100, 100);
+        let report = cache.restore(Snapshot::new(
+            clock.system_time(),
+            vec![SnapshotEntry {
+                key: 0,
+                value: 0,
+                fingerprint: None,
+                expires_at: clock.system_time() + Duration::from_secs(10),
+            }],
+        ));
+        assert_eq!(report.refused_capacity, 1, "{shards} shards");
+        assert_eq!(
+            cache.get(&100),
+            Some(100),
+            "{shards} shards: nothing evicted"
+        );
+    }
+}

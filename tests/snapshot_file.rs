@@ -269,8 +269,15 @@ fn snapshot_every_saves_on_the_background_thread_and_shutdown_saves_the_rest() {
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(cache.snapshot_status().unwrap().saved, saved_at_shutdown);
     assert_eq!(Snapshot::<String, u32>::load_from(&path).unwrap().len(), 1);
-    cache.shutdown().unwrap(); // again: saves, stops nothing twice
-    assert_eq!(Snapshot::<String, u32>::load_from(&path).unwrap().len(), 2);
+    // A second shutdown is a no-op: it neither stops nor saves again.
+    cache.shutdown().unwrap();
+    assert_eq!(cache.snapshot_status().unwrap().saved, saved_at_shutdown);
+    assert_eq!(Snapshot::<String, u32>::load_from(&path).unwrap().len(), 1);
+    assert_eq!(
+        cache.save_to(&path).unwrap(),
+        2,
+        "an explicit save still works"
+    );
 }
 
 #[test]
@@ -509,7 +516,16 @@ fn periodic_and_shutdown_saves_refuse_to_replace_a_file_the_cache_has_not_restor
         "{err:?}"
     );
 
-    // Restoring something else is not loading this file.
+    // Restoring something else is not loading this file (a second
+    // process, as a second shutdown of one cache saves nothing).
+    let restarted = || {
+        Cache::<String, u32>::builder()
+            .snapshot_every(&path, Duration::from_secs(3600))
+            .build()
+            .unwrap()
+    };
+    let cache = restarted();
+    cache.insert("new".into(), 1);
     let other = dir.join("other.snapshot");
     filled_cache(2).save_to(&other).unwrap();
     assert_eq!(cache.load_from(&other).unwrap().restored, 2);
@@ -524,6 +540,9 @@ fn periodic_and_shutdown_saves_refuse_to_replace_a_file_the_cache_has_not_restor
     // Once this file is loaded, saves go ahead and hold everything: its 30
     // records ("key-0".."key-29", which include the other file's two keys)
     // and "new".
+    let cache = restarted();
+    cache.insert("new".into(), 1);
+    assert_eq!(cache.load_from(&other).unwrap().restored, 2);
     assert_eq!(cache.load_from(&path).unwrap().restored, 28);
     cache.shutdown().unwrap();
     assert_eq!(Snapshot::<String, u32>::load_from(&path).unwrap().len(), 31);

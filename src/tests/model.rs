@@ -30,8 +30,9 @@
 //!   written, so one lapsed claim or (evicting) one live entry may go.
 //!
 //! Everything else is exact: return values, `len()`, claims in progress,
-//! the eviction victim and whether room can be made (with one shard),
-//! claim outcomes, fencing, every watcher's outcome, and every counter.
+//! whether a full cache makes room or refuses, the eviction victim (with
+//! one shard), claim outcomes, staleness, fencing, every watcher's outcome,
+//! and every counter.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
