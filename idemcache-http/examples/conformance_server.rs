@@ -9,6 +9,10 @@
 //! server runs until SIGTERM (or Ctrl-C), then stops taking requests,
 //! waits for handlers in flight, and exits.
 //!
+//! With `--redis redis://127.0.0.1:PORT` the records live in Redis
+//! (`idemcache-redis`), so several servers on one Redis share them, and
+//! `GET /executions` counts executions across all of them (a Redis hash).
+//!
 //! Keys are scoped by the `Authorization` header's value (absent: one
 //! anonymous scope). Routes:
 //!
@@ -38,10 +42,63 @@ use idemcache::Cache;
 use idemcache_http::{IdempotencyLayer, Scope, ScopedKey, StoredResponse};
 use serde::Deserialize;
 
-#[derive(Default)]
+/// Where executions are counted: in this process, or in Redis (shared by
+/// every server on it).
 struct Ledger {
-    executions: Mutex<HashMap<String, u64>>,
+    executions: Executions,
     next_id: AtomicU64,
+}
+
+enum Executions {
+    Local(Mutex<HashMap<String, u64>>),
+    Redis(redis::aio::ConnectionManager),
+}
+
+/// The Redis hash of executions per key.
+const EXECUTIONS_HASH: &str = "conformance-server:executions";
+
+impl Ledger {
+    async fn count(&self, key: String) {
+        match &self.executions {
+            Executions::Local(map) => *map.lock().unwrap().entry(key).or_default() += 1,
+            Executions::Redis(connection) => {
+                let mut connection = connection.clone();
+                let _: Result<u64, _> = redis::cmd("HINCRBY")
+                    .arg(EXECUTIONS_HASH)
+                    .arg(key)
+                    .arg(1)
+                    .query_async(&mut connection)
+                    .await;
+            }
+        }
+    }
+
+    async fn all(&self) -> HashMap<String, u64> {
+        match &self.executions {
+            Executions::Local(map) => map.lock().unwrap().clone(),
+            Executions::Redis(connection) => {
+                let mut connection = connection.clone();
+                redis::cmd("HGETALL")
+                    .arg(EXECUTIONS_HASH)
+                    .query_async(&mut connection)
+                    .await
+                    .unwrap_or_default()
+            }
+        }
+    }
+}
+
+/// `StoredResponse` in Redis, in its own stable byte format.
+struct StoredResponseCodec;
+
+impl idemcache_redis::Codec<StoredResponse> for StoredResponseCodec {
+    fn encode(&self, value: &StoredResponse) -> Result<Vec<u8>, idemcache_redis::CodecError> {
+        Ok(value.to_bytes())
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Result<StoredResponse, idemcache_redis::CodecError> {
+        StoredResponse::from_bytes(bytes).map_err(idemcache_redis::CodecError::new)
+    }
 }
 
 #[derive(Deserialize)]
@@ -86,7 +143,7 @@ async fn charge(
     // The layer has checked the key; the ledger counts executions per key.
     let key = idemcache_http::parse_key(&headers, "idempotency-key", idemcache_http::MAX_KEY_LEN)
         .unwrap_or_default();
-    *ledger.executions.lock().unwrap().entry(key).or_default() += 1;
+    ledger.count(key).await;
     if let Some(delay) = controls.delay_ms {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
@@ -112,22 +169,54 @@ async fn charge(
 }
 
 async fn executions(State(ledger): State<Arc<Ledger>>) -> Response {
-    let executions = ledger.executions.lock().unwrap().clone();
+    let executions = ledger.all().await;
     json(StatusCode::OK, serde_json::to_value(executions).unwrap())
 }
 
-fn listen_address() -> Result<SocketAddr, String> {
+/// `--listen ADDR` (default 127.0.0.1:0) and `--redis URL` (optional).
+fn arguments() -> Result<(SocketAddr, Option<String>), String> {
     let mut args = std::env::args().skip(1);
     let mut listen = "127.0.0.1:0".to_string();
+    let mut redis = None;
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--listen" => listen = args.next().ok_or("--listen needs an address")?,
-            other => return Err(format!("unknown argument {other:?} (usage: --listen ADDR)")),
+            "--redis" => redis = Some(args.next().ok_or("--redis needs a URL")?),
+            other => {
+                return Err(format!(
+                    "unknown argument {other:?} (usage: --listen ADDR [--redis redis://HOST:PORT])"
+                ));
+            }
         }
     }
-    listen
+    let listen = listen
         .parse()
-        .map_err(|e| format!("--listen {listen}: {e}"))
+        .map_err(|e| format!("--listen {listen}: {e}"))?;
+    Ok((listen, redis))
+}
+
+/// Keys are scoped by the `Authorization` header's value (absent: one
+/// anonymous scope).
+fn scope(parts: &http::request::Parts) -> Scope {
+    match parts.headers.get(http::header::AUTHORIZATION) {
+        Some(credential) => Scope::of([credential.as_bytes()]),
+        None => Scope::anonymous(),
+    }
+}
+
+/// The routes, behind `layer`.
+fn app<St>(layer: IdempotencyLayer<St>, ledger: Arc<Ledger>) -> Router
+where
+    St: idemcache::store::Store<Value = StoredResponse> + 'static,
+    St::Key: From<ScopedKey> + 'static,
+{
+    Router::new()
+        .route("/charges", post(charge).patch(charge))
+        .route("/refunds", post(charge))
+        .route("/executions", get(executions))
+        .route("/health", get(|| async { StatusCode::OK }))
+        .with_state(ledger)
+        .layer(layer)
 }
 
 async fn terminated() {
@@ -146,26 +235,37 @@ async fn terminated() {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let address = listen_address()?;
-    let store: Cache<ScopedKey, StoredResponse> = Cache::builder()
-        .max_entries(1_000_000)
-        .background_eviction(Duration::from_secs(1))
-        .build()?;
-    let layer = IdempotencyLayer::scoped(store, |parts: &http::request::Parts| {
-        match parts.headers.get(http::header::AUTHORIZATION) {
-            Some(credential) => Scope::of([credential.as_bytes()]),
-            None => Scope::anonymous(),
+    let (address, redis_url) = arguments()?;
+    let (app, shutdown) = match redis_url {
+        None => {
+            let store: Cache<ScopedKey, StoredResponse> = Cache::builder()
+                .max_entries(1_000_000)
+                .background_eviction(Duration::from_secs(1))
+                .build()?;
+            let layer = IdempotencyLayer::scoped(store, scope);
+            let shutdown = layer.shutdown_handle();
+            let ledger = Ledger {
+                executions: Executions::Local(Mutex::default()),
+                next_id: AtomicU64::new(0),
+            };
+            (app(layer, Arc::new(ledger)), shutdown)
         }
-    });
-    let shutdown = layer.shutdown_handle();
-    let ledger = Arc::new(Ledger::default());
-    let app = Router::new()
-        .route("/charges", post(charge).patch(charge))
-        .route("/refunds", post(charge))
-        .route("/executions", get(executions))
-        .route("/health", get(|| async { StatusCode::OK }))
-        .with_state(ledger)
-        .layer(layer);
+        Some(url) => {
+            let store = idemcache_redis::RedisStore::builder(url.clone())
+                .prefix("conformance-server")
+                .connect_with_codec(StoredResponseCodec)
+                .await?;
+            let layer = IdempotencyLayer::scoped(store, scope);
+            let shutdown = layer.shutdown_handle();
+            let connection = redis::Client::open(url)?.get_connection_manager().await?;
+            let ledger = Ledger {
+                executions: Executions::Redis(connection),
+                // Ids differ between servers sharing the Redis.
+                next_id: AtomicU64::new(u64::from(std::process::id()) << 32),
+            };
+            (app(layer, Arc::new(ledger)), shutdown)
+        }
+    };
 
     let listener = tokio::net::TcpListener::bind(address).await?;
     println!("listening on http://{}", listener.local_addr()?);

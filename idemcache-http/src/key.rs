@@ -227,6 +227,30 @@ impl ScopedKey {
     }
 }
 
+impl std::fmt::Display for ScopedKey {
+    /// `<scope as 32 hex digits>/<key>`: unambiguous, as the scope has a
+    /// fixed length.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.scope.0, self.key)
+    }
+}
+
+/// A scoped key as a string key (`<scope hex>/<key>`), so the layer runs
+/// on any store keyed by `String`, such as the Redis store.
+///
+/// ```
+/// use idemcache_http::{Scope, ScopedKey};
+///
+/// let key = String::from(ScopedKey::new(Scope::anonymous(), "order-7"));
+/// assert!(key.ends_with("/order-7"));
+/// assert_eq!(key.len(), 32 + 1 + 7);
+/// ```
+impl From<ScopedKey> for String {
+    fn from(key: ScopedKey) -> String {
+        key.to_string()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

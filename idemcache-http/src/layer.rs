@@ -33,8 +33,11 @@ const MAX_CLAIMS: usize = 3;
 ///
 /// Build it with [`scoped`](Self::scoped) or [`unscoped`](Self::unscoped)
 /// (defaults), or [`builder`](Self::builder) to configure it. It is
-/// generic over any [`Store`] of [`ScopedKey`] → [`StoredResponse`]: the
-/// in-process `idemcache::Cache`, or a store shared between replicas.
+/// generic over any [`Store`] of [`StoredResponse`]s whose key is made
+/// from a [`ScopedKey`]: the in-process `idemcache::Cache<ScopedKey,
+/// StoredResponse>`, or a store keyed by `String` and shared between
+/// replicas (`idemcache-redis`, with [`StoredResponse::to_bytes`] as its
+/// codec).
 ///
 /// ```
 /// use idemcache::Cache;
@@ -66,7 +69,8 @@ struct Shared<St> {
 
 impl<St> IdempotencyLayer<St>
 where
-    St: Store<Key = ScopedKey, Value = StoredResponse> + 'static,
+    St: Store<Value = StoredResponse> + 'static,
+    St::Key: From<ScopedKey> + 'static,
 {
     /// A layer with the defaults (see the crate docs' table), scoping keys
     /// by `scope`: a digest of the request's principal, so that one
@@ -149,7 +153,8 @@ pub struct IdempotencyLayerBuilder<St> {
 
 impl<St> IdempotencyLayerBuilder<St>
 where
-    St: Store<Key = ScopedKey, Value = StoredResponse> + 'static,
+    St: Store<Value = StoredResponse> + 'static,
+    St::Key: From<ScopedKey> + 'static,
 {
     /// Scopes keys by `scope` (see [`IdempotencyLayer::scoped`]).
     pub fn scoped(mut self, scope: impl Fn(&Parts) -> Scope + Send + Sync + 'static) -> Self {
@@ -311,7 +316,8 @@ where
     S: Service<Request<Body>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
-    St: Store<Key = ScopedKey, Value = StoredResponse> + 'static,
+    St: Store<Value = StoredResponse> + 'static,
+    St::Key: From<ScopedKey> + 'static,
     ReqBody: HttpBody<Data = Bytes> + Send + 'static,
     ReqBody::Error: Into<BoxError>,
     ResBody: HttpBody<Data = Bytes> + Send + 'static,
@@ -444,7 +450,8 @@ where
     S: Service<Request<Body>, Response = Response<ResBody>> + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
-    St: Store<Key = ScopedKey, Value = StoredResponse> + 'static,
+    St: Store<Value = StoredResponse> + 'static,
+    St::Key: From<ScopedKey> + 'static,
     ReqBody: HttpBody<Data = Bytes> + Send + 'static,
     ReqBody::Error: Into<BoxError>,
     ResBody: HttpBody<Data = Bytes> + Send + 'static,
@@ -506,20 +513,25 @@ where
         .as_ref()
         .map_or_else(Scope::anonymous, |scope| scope(&parts));
     let key = ScopedKey::new(scope, key);
+    let store_key = St::Key::from(key.clone());
     let fingerprint = (config.fingerprint)(&parts, &body);
     let claim_id = ClaimId::random();
 
     let mut claims = 0;
     loop {
         claims += 1;
-        let claimed = match shared.store.claim(&key, Some(fingerprint), claim_id).await {
+        let claimed = match shared
+            .store
+            .claim(&store_key, Some(fingerprint), claim_id)
+            .await
+        {
             Ok(claimed) => claimed,
             Err(error) => return Ok(shared.unavailable(&info, &key, &store_detail(&error))),
         };
         match claimed {
             ClaimOutcome::Acquired(acquired) => {
                 let request = Request::from_parts(parts, full(body));
-                return execute(shared, inner, request, info, key, acquired.token).await;
+                return execute(shared, inner, request, info, key, store_key, acquired.token).await;
             }
             ClaimOutcome::Completed(replay) => {
                 return Ok(shared.replay(&info, &key, replay.value(), EventKind::Replayed));
@@ -545,7 +557,7 @@ where
                 };
                 let seen = idemcache::store::wait_for_outcome(
                     &shared.store,
-                    &key,
+                    &store_key,
                     Some(fingerprint),
                     policy,
                     tokio::time::sleep,
@@ -633,20 +645,22 @@ async fn execute<S, St, ResBody>(
     request: Request<Body>,
     info: RequestInfo,
     key: ScopedKey,
+    store_key: St::Key,
     token: u64,
 ) -> Result<Response<Body>, S::Error>
 where
     S: Service<Request<Body>, Response = Response<ResBody>> + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
-    St: Store<Key = ScopedKey, Value = StoredResponse> + 'static,
+    St: Store<Value = StoredResponse> + 'static,
+    St::Key: From<ScopedKey> + 'static,
     ResBody: HttpBody<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
     let in_flight = shared.shutdown.track();
     Detachable(Some(Box::pin(async move {
         let _in_flight = in_flight;
-        run_and_record(&shared, inner, request, &info, &key, token).await
+        run_and_record(&shared, inner, request, &info, (&key, &store_key), token).await
     })))
     .await
 }
@@ -688,14 +702,15 @@ async fn run_and_record<S, St, ResBody>(
     mut inner: S,
     request: Request<Body>,
     info: &RequestInfo,
-    key: &ScopedKey,
+    (key, store_key): (&ScopedKey, &St::Key),
     token: u64,
 ) -> Result<Response<Body>, S::Error>
 where
     S: Service<Request<Body>, Response = Response<ResBody>> + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
-    St: Store<Key = ScopedKey, Value = StoredResponse> + 'static,
+    St: Store<Value = StoredResponse> + 'static,
+    St::Key: From<ScopedKey> + 'static,
     ResBody: HttpBody<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
@@ -703,12 +718,12 @@ where
     let config = &shared.config;
     // A panic is caught, so the claim is still recorded as abandoned.
     let handler = CatchUnwind(Box::pin(inner.call(request)));
-    let joined = renew_while(handler, store, key, token, config.renew_ceiling).await;
+    let joined = renew_while(handler, store, store_key, token, config.renew_ceiling).await;
     let response = match joined {
         Ok(Ok(response)) => response,
         Ok(Err(error)) => {
             // No response: what the handler did is unknown.
-            let _ = store.abandon(key, token).await;
+            let _ = store.abandon(store_key, token).await;
             shared.emit(
                 info,
                 EventKind::Abandoned,
@@ -719,7 +734,7 @@ where
             return Err(error);
         }
         Err(_panicked) => {
-            let _ = store.abandon(key, token).await;
+            let _ = store.abandon(store_key, token).await;
             let detail = "The request failed; retry with the same Idempotency-Key later.";
             return Ok(shared.problem(
                 info,
@@ -734,7 +749,7 @@ where
     let (parts, body) = response.into_parts();
     if parts.status.is_server_error() {
         // A failure worth retrying: nothing is kept.
-        let _ = store.release(key, token).await;
+        let _ = store.release(store_key, token).await;
         shared.emit(
             info,
             EventKind::Released,
@@ -749,7 +764,7 @@ where
     if hint.upper().is_none_or(|upper| upper > cap) || hint.exact().is_none() {
         // Streaming or too large to store: returned as it came; its
         // outcome is not kept, so the key stays held until the lease lapses.
-        let _ = store.abandon(key, token).await;
+        let _ = store.abandon(store_key, token).await;
         let detail = "response streaming or over the size cap: not stored";
         shared.emit(
             info,
@@ -763,7 +778,7 @@ where
     let bytes = match Limited::new(body, config.max_response_body).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(_) => {
-            let _ = store.abandon(key, token).await;
+            let _ = store.abandon(store_key, token).await;
             let detail =
                 "The response could not be produced; retry with the same Idempotency-Key later.";
             return Ok(shared.problem(
@@ -783,7 +798,10 @@ where
         bytes.clone(),
     );
     let response = Response::from_parts(parts, full(bytes));
-    match store.complete(key, token, stored, config.retention).await {
+    match store
+        .complete(store_key, token, stored, config.retention)
+        .await
+    {
         Ok(Completion::Stored { .. }) => {
             shared.emit(
                 info,
@@ -813,7 +831,7 @@ where
                 Some(response.status()),
                 None,
             );
-            return Ok(match store.peek(key, None).await {
+            return Ok(match store.peek(store_key, None).await {
                 Ok(Peek::Completed(replay)) => {
                     shared.replay(info, key, replay.value(), EventKind::Replayed)
                 }
@@ -864,13 +882,13 @@ impl<F: Future> Future for CatchUnwind<F> {
 async fn renew_while<F, St>(
     handler: F,
     store: &St,
-    key: &ScopedKey,
+    key: &St::Key,
     token: u64,
     ceiling: Duration,
 ) -> F::Output
 where
     F: Future,
-    St: Store<Key = ScopedKey>,
+    St: Store,
 {
     let mut handler = pin!(handler);
     let first = std::future::poll_fn(|cx| Poll::Ready(handler.as_mut().poll(cx))).await;

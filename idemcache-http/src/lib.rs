@@ -99,7 +99,7 @@ pub use key::{KeyError, MAX_KEY_LEN, Scope, ScopedKey, parse_key};
 pub use layer::{IdempotencyLayer, IdempotencyLayerBuilder, IdempotencyService};
 pub use problem::Problem;
 pub use shutdown::ShutdownHandle;
-pub use stored::{DEFAULT_STORED_HEADERS, StoredResponse};
+pub use stored::{DEFAULT_STORED_HEADERS, DecodeError, StoredResponse};
 
 /// The errors bodies carry.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

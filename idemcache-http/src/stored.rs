@@ -120,6 +120,122 @@ impl StoredResponse {
     }
 }
 
+/// Why [`StoredResponse::from_bytes`] refused its input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecodeError(&'static str);
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "not a stored response: {}", self.0)
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+/// The byte format's version tag.
+const FORMAT: u8 = 1;
+
+impl StoredResponse {
+    /// A stable byte encoding, for stores of bytes (a Redis codec, say)
+    /// without serde: a version byte, the status (`u16` big-endian), the
+    /// header count (`u16`), each header as name length (`u16`), name,
+    /// value length (`u32`), value, then the body to the end.
+    ///
+    /// ```
+    /// use http::{StatusCode, header};
+    /// use idemcache_http::StoredResponse;
+    ///
+    /// let stored = StoredResponse::new(
+    ///     StatusCode::CREATED,
+    ///     vec![(header::LOCATION, "/charges/1".parse().unwrap())],
+    ///     "{}",
+    /// );
+    /// let bytes = stored.to_bytes();
+    /// assert_eq!(StoredResponse::from_bytes(&bytes), Ok(stored));
+    /// ```
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8 + self.size() + 6 * self.headers.len());
+        out.push(FORMAT);
+        out.extend_from_slice(&self.status.as_u16().to_be_bytes());
+        out.extend_from_slice(&(self.headers.len() as u16).to_be_bytes());
+        for (name, value) in self.headers.iter() {
+            out.extend_from_slice(&(name.as_str().len() as u16).to_be_bytes());
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(&(value.len() as u32).to_be_bytes());
+            out.extend_from_slice(value.as_bytes());
+        }
+        out.extend_from_slice(&self.body);
+        out
+    }
+
+    /// The stored response that [`to_bytes`](Self::to_bytes) wrote.
+    ///
+    /// # Errors
+    ///
+    /// [`DecodeError`] for bytes of another format, truncated, or with an
+    /// invalid status, header name or value; never a panic.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
+        fn take<'a>(bytes: &mut &'a [u8], n: usize) -> Result<&'a [u8], DecodeError> {
+            if bytes.len() < n {
+                return Err(DecodeError("truncated"));
+            }
+            let (head, rest) = bytes.split_at(n);
+            *bytes = rest;
+            Ok(head)
+        }
+        let mut rest = bytes;
+        if take(&mut rest, 1)? != [FORMAT] {
+            return Err(DecodeError("unknown format version"));
+        }
+        let status = u16::from_be_bytes(take(&mut rest, 2)?.try_into().expect("two bytes"));
+        let status = StatusCode::from_u16(status).map_err(|_| DecodeError("invalid status"))?;
+        let count = u16::from_be_bytes(take(&mut rest, 2)?.try_into().expect("two bytes"));
+        let mut headers = Vec::with_capacity(usize::from(count).min(64));
+        for _ in 0..count {
+            let len = u16::from_be_bytes(take(&mut rest, 2)?.try_into().expect("two bytes"));
+            let name = HeaderName::from_bytes(take(&mut rest, usize::from(len))?)
+                .map_err(|_| DecodeError("invalid header name"))?;
+            let len = u32::from_be_bytes(take(&mut rest, 4)?.try_into().expect("four bytes"));
+            let len = usize::try_from(len).map_err(|_| DecodeError("truncated"))?;
+            let value = HeaderValue::from_bytes(take(&mut rest, len)?)
+                .map_err(|_| DecodeError("invalid header value"))?;
+            headers.push((name, value));
+        }
+        Ok(StoredResponse::new(
+            status,
+            headers,
+            Bytes::copy_from_slice(rest),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_truncation_of_an_encoding_is_an_error_not_a_panic() {
+        let stored = StoredResponse::new(
+            StatusCode::CREATED,
+            vec![
+                (http::header::LOCATION, HeaderValue::from_static("/x")),
+                (http::header::ETAG, HeaderValue::from_static("\"1\"")),
+            ],
+            "body",
+        );
+        let bytes = stored.to_bytes();
+        assert_eq!(StoredResponse::from_bytes(&bytes), Ok(stored));
+        let header_end = bytes.len() - 4;
+        for cut in 0..header_end {
+            assert!(
+                StoredResponse::from_bytes(&bytes[..cut]).is_err(),
+                "cut at {cut}"
+            );
+        }
+        assert!(StoredResponse::from_bytes(b"\x02").is_err());
+    }
+}
+
 #[cfg(feature = "serde")]
 mod serde_impl {
     use super::*;

@@ -1,6 +1,6 @@
 //! Where records live: the [`Store`] trait that the HTTP layer and the
 //! shared (Redis) store are built on, implemented here by the in-process
-//! [`Cache`].
+//! [`Cache`](crate::Cache).
 //!
 //! A store speaks the idempotency protocol **by token**, not through
 //! objects: a claim returns a fencing token, and `complete`, `release`,
@@ -34,8 +34,8 @@
 //!
 //! # The in-process store
 //!
-//! [`Cache`] implements `Store` with futures that are ready at once; its
-//! own synchronous API ([`Cache::claim`]) is unchanged. Where a `Cache`'s
+//! [`Cache`](crate::Cache) implements `Store` with futures that are ready at once; its
+//! own synchronous API ([`Cache::claim`](crate::Cache::claim)) is unchanged. Where a `Cache`'s
 //! inherent method has the same name (`claim`, `remove`, `lease`), call the
 //! trait's as `Store::claim(&cache, ..)`; generic code over `S: Store` needs
 //! nothing special. A claim acquired
