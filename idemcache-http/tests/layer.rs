@@ -40,6 +40,8 @@ impl Ledger {
 #[derive(Deserialize, Default)]
 struct Controls {
     delay_ms: Option<u64>,
+    /// Delay only the key's first execution.
+    delay_first_ms: Option<u64>,
     fail: Option<u16>,
     status: Option<u16>,
     stream: Option<bool>,
@@ -62,6 +64,11 @@ async fn charge(
         .entry(key.clone())
         .or_default() += 1;
     if let Some(delay) = controls.delay_ms {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    if let Some(delay) = controls.delay_first_ms
+        && ledger.executions(&key) == 1
+    {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
     if controls.stream == Some(true) {
@@ -629,4 +636,77 @@ fn invalid_configurations_are_refused_at_build() {
             .build()
             .is_err()
     );
+}
+
+#[tokio::test]
+async fn a_handler_that_outlives_its_lease_is_answered_with_what_the_key_holds_now() {
+    // A 200 ms lease renewed for at most 1 ms: the slow first execution
+    // loses its key, a retry takes it over and completes first.
+    let store: Store = Cache::builder()
+        .lease(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let server = Arc::new(serve_with(store, |b| b.renew_ceiling(Duration::from_millis(1))).await);
+    let slow = {
+        let server = Arc::clone(&server);
+        tokio::spawn(async move {
+            server
+                .post("/charges?delay_first_ms=700", Some("k16"), "{}")
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let retry = server
+        .post("/charges?delay_first_ms=700", Some("k16"), "{}")
+        .await;
+    assert_eq!(retry.status(), 201);
+    let retry_body = retry.text().await.unwrap();
+    assert!(retry_body.contains(r#""execution":2"#), "{retry_body}");
+    let first = slow.await.unwrap();
+    assert_eq!(first.status(), 201);
+    assert_eq!(
+        first.headers()["idempotent-replayed"],
+        "true",
+        "the stale completion answers with the stored record, not its own"
+    );
+    assert_eq!(first.text().await.unwrap(), retry_body);
+    assert!(server.events().contains(&EventKind::Fenced));
+}
+
+#[tokio::test]
+async fn a_broken_request_body_is_400_and_runs_nothing() {
+    use tower::ServiceExt;
+    /// A body that fails after its first chunk.
+    struct Broken(bool);
+    impl http_body::Body for Broken {
+        type Data = Bytes;
+        type Error = std::io::Error;
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+            let first = !std::mem::replace(&mut self.0, true);
+            std::task::Poll::Ready(Some(if first {
+                Ok(http_body::Frame::data(Bytes::from_static(b"{")))
+            } else {
+                Err(std::io::Error::other("connection reset"))
+            }))
+        }
+    }
+    let ledger = Arc::new(Ledger::default());
+    let app = Router::new()
+        .route("/charges", post(charge))
+        .with_state(Arc::clone(&ledger))
+        .layer(IdempotencyLayer::unscoped(Store::new()));
+    let request = http::Request::post("/charges")
+        .header("idempotency-key", "k17")
+        .body(AxumBody::new(Broken(false)))
+        .unwrap();
+    let response = app.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), 400);
+    assert_eq!(
+        response.headers()[header::CONTENT_TYPE],
+        "application/problem+json"
+    );
+    assert_eq!(ledger.executions("k17"), 0);
 }
