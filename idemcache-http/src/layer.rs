@@ -77,10 +77,9 @@ where
     /// client's key never replays another's response.
     ///
     /// ```
-    /// use idemcache::Cache;
-    /// use idemcache_http::{IdempotencyLayer, Scope};
+    /// use idemcache_http::{IdempotencyLayer, MemoryStore, Scope};
     ///
-    /// let layer = IdempotencyLayer::scoped(Cache::new(), |parts: &http::request::Parts| {
+    /// let layer = IdempotencyLayer::scoped(MemoryStore::new(), |parts: &http::request::Parts| {
     ///     match parts.headers.get(http::header::AUTHORIZATION) {
     ///         Some(credential) => Scope::of([credential.as_bytes()]),
     ///         None => Scope::anonymous(),
@@ -98,7 +97,7 @@ where
     /// services with a single client, or keys that are global by design.
     ///
     /// ```
-    /// let layer = idemcache_http::IdempotencyLayer::unscoped(idemcache::Cache::new());
+    /// let layer = idemcache_http::IdempotencyLayer::unscoped(idemcache_http::MemoryStore::new());
     /// ```
     pub fn unscoped(store: St) -> Self {
         Self::builder(store)
@@ -110,10 +109,9 @@ where
     ///
     /// ```
     /// use std::time::Duration;
-    /// use idemcache::Cache;
-    /// use idemcache_http::{IdempotencyLayer, MismatchStatus};
+    /// use idemcache_http::{IdempotencyLayer, MemoryStore, MismatchStatus};
     ///
-    /// let layer = IdempotencyLayer::builder(Cache::new())
+    /// let layer = IdempotencyLayer::builder(MemoryStore::new())
     ///     .mismatch_status(MismatchStatus::BadRequest) // as Stripe does
     ///     .wait_for_in_flight(Duration::from_secs(2))   // coalesce duplicates
     ///     .build()?;
@@ -130,7 +128,7 @@ where
     /// detached handlers (graceful shutdown).
     ///
     /// ```
-    /// let layer = idemcache_http::IdempotencyLayer::unscoped(idemcache::Cache::new());
+    /// let layer = idemcache_http::IdempotencyLayer::unscoped(idemcache_http::MemoryStore::new());
     /// let handle = layer.shutdown_handle();
     /// assert_eq!(handle.in_flight(), 0);
     /// ```

@@ -101,5 +101,17 @@ pub use problem::Problem;
 pub use shutdown::ShutdownHandle;
 pub use stored::{DEFAULT_STORED_HEADERS, DecodeError, StoredResponse};
 
+/// The in-process store for the layer: `idemcache::Cache` keyed by
+/// [`ScopedKey`], holding [`StoredResponse`]s.
+///
+/// ```
+/// use idemcache_http::{IdempotencyLayer, MemoryStore};
+///
+/// let store = MemoryStore::builder().max_entries(1_000_000).build()?;
+/// let layer = IdempotencyLayer::unscoped(store);
+/// # Ok::<(), idemcache::BuildError>(())
+/// ```
+pub type MemoryStore = idemcache::Cache<ScopedKey, StoredResponse>;
+
 /// The errors bodies carry.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
