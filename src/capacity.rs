@@ -21,6 +21,11 @@
 use crate::sync::atomic::{AtomicUsize, Ordering};
 use crate::sync::thread;
 
+/// Rounds an evicting write waits (yielding) for units in transit to
+/// become evictable entries before it is refused: a backstop, so that no
+/// accounting error can ever turn into a write that spins forever.
+const MAX_WAIT_ROUNDS: usize = 1024;
+
 /// What a full bounded cache does when a new record needs room and no
 /// expired entry or lapsed claim can be reclaimed.
 ///
@@ -165,6 +170,7 @@ impl Capacity {
         mut attempt: impl FnMut(T) -> Admission<T, R>,
         mut free_elsewhere: impl FnMut() -> bool,
     ) -> Result<R, T> {
+        let mut waits = 0;
         loop {
             match attempt(input) {
                 Admission::Done(result) => return Ok(result),
@@ -173,9 +179,10 @@ impl Capacity {
             if free_elsewhere() {
                 continue;
             }
-            if !evicting || self.entries() == 0 {
+            if !evicting || self.entries() == 0 || waits == MAX_WAIT_ROUNDS {
                 return Err(input);
             }
+            waits += 1;
             thread::yield_now();
         }
     }

@@ -277,6 +277,10 @@ impl CacheTime {
         self.0
     }
 
+    /// The latest time a lease can end: one before [`NEVER`](Self::NEVER),
+    /// which means "no lease".
+    pub(crate) const LATEST: CacheTime = CacheTime(u64::MAX - 1);
+
     /// `self + span`, saturating at [`NEVER`](Self::NEVER).
     #[inline]
     pub(crate) fn after(self, span: Span) -> CacheTime {
@@ -386,15 +390,18 @@ impl TimeSource {
         }
     }
 
-    /// A real-time sleep after which this clock has surely reached `at`:
-    /// exact for the monotonic clock; for manual and custom clocks, whose
-    /// time need not follow real time, a short slice after which the
-    /// sleeper looks again.
+    /// A real-time sleep after which this clock has surely reached `at`,
+    /// as reads see it: for the monotonic clock, the time until `at` plus
+    /// one coarse tick; for manual and custom clocks, whose time need not
+    /// follow real time, a short slice after which the sleeper looks again.
     pub(crate) fn real_time_until(&self, at: CacheTime) -> Duration {
         const RECHECK: Duration = Duration::from_millis(20);
         let wanted = self.now().until(at);
         match self {
-            TimeSource::Monotonic { .. } => wanted,
+            // Reads compare against the coarse clock, which lags by up to
+            // a tick: sleep that much longer, so a reader that wakes sees
+            // the deadline passed rather than spinning until it does.
+            TimeSource::Monotonic { .. } => wanted.saturating_add(default_clock_granularity()),
             TimeSource::Manual { .. } | TimeSource::Custom { .. } => wanted.min(RECHECK),
         }
     }

@@ -588,7 +588,7 @@ where
         let claimed = self.admit(index, true, request, |mut request| {
             self.with_shard(index, |shard, grave| {
                 now = self.now();
-                request.lease_deadline = now.after(self.lease);
+                request.lease_deadline = now.after(self.lease).min(CacheTime::LATEST);
                 shard.claim(request, &self.ctx(now), grave)
             })
         });
@@ -800,7 +800,7 @@ impl<K, V, S> Engine<K, V, S> {
     /// fenced) if it no longer holds its key.
     pub(crate) fn renew(&self, hash: u64, flight: &Arc<Flight<V>>) -> Option<CacheTime> {
         self.touch_shard(self.shard_index(hash), |shard| {
-            let deadline = self.now().after(self.lease);
+            let deadline = self.now().after(self.lease).min(CacheTime::LATEST);
             if shard.renew(hash, flight, deadline) {
                 Some(deadline)
             } else {

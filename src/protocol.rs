@@ -597,10 +597,11 @@ impl<K, V, S> Reservation<K, V, S> {
     }
 
     /// Whether this reservation may no longer hold its key: its lease has
-    /// lapsed (a newer claim may take the key over at any moment) or a
-    /// newer claim already has. Ask before a side effect; a stale
-    /// reservation's [`complete`](Self::complete) stores nothing.
-    /// [`renew`](Self::renew) succeeds while no newer claim took over.
+    /// lapsed (a newer claim, a purge or a full cache may take the key at
+    /// any moment) or that has already happened. Ask before a side effect.
+    /// Until the key is actually taken, [`renew`](Self::renew) succeeds and
+    /// makes it fresh again, and [`complete`](Self::complete) still
+    /// stores; after, both fail and change nothing.
     ///
     /// ```
     /// # use std::time::Duration;

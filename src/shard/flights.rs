@@ -107,6 +107,17 @@ impl<K, V> Flights<K, V> {
         }
     }
 
+    /// Marks `flight`, if it is still its key's, so its result is not
+    /// stored (by pointer: no user code runs).
+    pub(super) fn invalidate_flight(&mut self, hash: u64, flight: &Arc<Flight<V>>) {
+        if let Some(slot) = self
+            .table
+            .find_mut(hash, |s| Arc::ptr_eq(&s.flight, flight))
+        {
+            slot.invalidated = true;
+        }
+    }
+
     /// Marks every flight so its result is not stored.
     pub(super) fn invalidate_all(&mut self) {
         for slot in self.table.iter_mut() {

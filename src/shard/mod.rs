@@ -681,8 +681,9 @@ impl<K: Hash + Eq, V> Shard<K, V> {
     where
         V: Clone,
     {
-        if let Some(value) = self.get_live(hash, &key, ctx.now) {
-            return Lookup::Hit(value.clone());
+        if let Some(value) = self.get_live(hash, &key, ctx.now).cloned() {
+            grave.key = Some(key); // the caller's key, dropped after unlocking
+            return Lookup::Hit(value);
         }
         if let Some(slot) = self.flights.by_key(hash, &key)
             && !slot.flight.lease_lapsed(ctx.now)
@@ -712,6 +713,57 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         Lookup::Lead(flight)
     }
 
+    /// The answer to a claim when the key already has a live record or a
+    /// live flight: the record, a mismatch, the same acquisition again (a
+    /// resent claim id), or the flight in progress. `None`: the key is free
+    /// or its claim has lapsed.
+    fn claim_answered(
+        &mut self,
+        request: &ClaimRequest<K>,
+        now: CacheTime,
+    ) -> Option<ClaimLookup<K, V>>
+    where
+        K: Clone,
+        V: Clone,
+    {
+        let (hash, fingerprint) = (request.hash, request.fingerprint);
+        if let Some(slot) = self.find_live(hash, &request.key, now) {
+            let stored = self.entries.fingerprint(slot);
+            if !fingerprints_match(stored, fingerprint) {
+                self.stats.mismatches += 1;
+                return Some(ClaimLookup::Mismatch);
+            }
+            let entry = self.entries.get(slot);
+            let found = ClaimLookup::Completed {
+                value: entry.value.clone(),
+                expires_at: entry.deadline,
+                fingerprint: stored,
+            };
+            self.stats.replayed += 1;
+            return Some(found);
+        }
+        let slot = self
+            .flights
+            .by_key(hash, &request.key)
+            .filter(|slot| !slot.flight.lease_lapsed(now))?;
+        let flight = &slot.flight;
+        if !fingerprints_match(flight.fingerprint, fingerprint) {
+            self.stats.mismatches += 1;
+            return Some(ClaimLookup::Mismatch);
+        }
+        if !slot.abandoned && request.claim_id.is_some() && flight.claim_id == request.claim_id {
+            // The same caller again (its first answer was lost): the same
+            // acquisition.
+            return Some(ClaimLookup::Acquired {
+                flight: Arc::clone(flight),
+                key: request.key.clone(),
+                resent: true,
+            });
+        }
+        self.stats.in_progress += 1;
+        Some(ClaimLookup::InProgress(Arc::clone(flight)))
+    }
+
     /// Looks `key` up for a claim: the completed record, a mismatch, a
     /// claim or computation in progress, or a new claim. The fingerprint is
     /// checked before anything else, so a reused key is reported even while
@@ -732,42 +784,9 @@ impl<K: Hash + Eq, V> Shard<K, V> {
             hash, fingerprint, ..
         } = request;
         let now = ctx.now;
-        if let Some(slot) = self.find_live(hash, &request.key, now) {
-            let stored = self.entries.fingerprint(slot);
-            if !fingerprints_match(stored, fingerprint) {
-                self.stats.mismatches += 1;
-                return Admission::Done(ClaimLookup::Mismatch);
-            }
-            let entry = self.entries.get(slot);
-            let found = ClaimLookup::Completed {
-                value: entry.value.clone(),
-                expires_at: entry.deadline,
-                fingerprint: stored,
-            };
-            self.stats.replayed += 1;
+        if let Some(found) = self.claim_answered(&request, now) {
+            grave.key = Some(request.key); // the caller's key, dropped after unlocking
             return Admission::Done(found);
-        }
-        if let Some(slot) = self.flights.by_key(hash, &request.key)
-            && !slot.flight.lease_lapsed(now)
-        {
-            let flight = &slot.flight;
-            if !fingerprints_match(flight.fingerprint, fingerprint) {
-                self.stats.mismatches += 1;
-                return Admission::Done(ClaimLookup::Mismatch);
-            }
-            if !slot.abandoned && request.claim_id.is_some() && flight.claim_id == request.claim_id
-            {
-                // The same caller again (its first answer was lost): the
-                // same acquisition.
-                let found = ClaimLookup::Acquired {
-                    flight: Arc::clone(flight),
-                    key: request.key.clone(),
-                    resent: true,
-                };
-                return Admission::Done(found);
-            }
-            self.stats.in_progress += 1;
-            return Admission::Done(ClaimLookup::InProgress(Arc::clone(flight)));
         }
         // `K::clone` (user code that may panic) runs before a unit or a
         // lapsed claim changes hands, so a panic here leaks neither.
@@ -875,6 +894,16 @@ impl<K: Hash + Eq, V> Shard<K, V> {
                 (flight.fingerprint, slot.holds_unit)
             }
         };
+        // A stored plain write wins over a computation or claim of its key.
+        // Found now, while nothing has changed: `Eq` is user code, and a
+        // panic in it must not leave a unit taken or a value half written.
+        let overtaken = match &write.key {
+            WriteKey::Owned(key) => self
+                .flights
+                .by_key(hash, key)
+                .map(|slot| Arc::clone(&slot.flight)),
+            WriteKey::Flight(_) => None,
+        };
 
         // Overwrite in place (even an expired entry): no new entry.
         let existing = match &write.key {
@@ -902,8 +931,9 @@ impl<K: Hash + Eq, V> Shard<K, V> {
             });
             match write.key {
                 WriteKey::Owned(key) => {
-                    // A newer write wins over a computation of the key.
-                    self.flights.invalidate(hash, &key);
+                    if let Some(flight) = &overtaken {
+                        self.flights.invalidate_flight(hash, flight);
+                    }
                     grave.key = Some(key);
                 }
                 // The claim's unit is not needed: the entry has one.
@@ -932,7 +962,9 @@ impl<K: Hash + Eq, V> Shard<K, V> {
             WriteKey::Owned(key) => {
                 // Only a write that is stored wins over a computation of
                 // the key: a refused one changes nothing.
-                self.flights.invalidate(hash, &key);
+                if let Some(flight) = &overtaken {
+                    self.flights.invalidate_flight(hash, flight);
+                }
                 key
             }
             WriteKey::Flight(flight) => {
