@@ -355,7 +355,9 @@ fn full(bytes: Bytes) -> Body {
 /// What one request is, for events.
 struct RequestInfo {
     method: Method,
-    path: String,
+    /// The whole URI (a reference-counted copy), so that the path is only
+    /// read when there is an event hook to give it to.
+    uri: http::Uri,
 }
 
 impl<St> Shared<St> {
@@ -371,7 +373,7 @@ impl<St> Shared<St> {
             hook(&Event {
                 kind,
                 method: &info.method,
-                path: &info.path,
+                path: info.uri.path(),
                 key,
                 status,
                 detail,
@@ -465,7 +467,7 @@ where
     }
     let info = RequestInfo {
         method: request.method().clone(),
-        path: request.uri().path().to_owned(),
+        uri: request.uri().clone(),
     };
     let key = match crate::parse_key(
         request.headers(),
