@@ -118,6 +118,48 @@ async fn round(
     (all.len() as u64, all)
 }
 
+/// The layer's CPU cost without the network: the router called in
+/// process (tower `oneshot`), `n` requests per workload; µs per request.
+async fn in_process(n: u64) -> [f64; 3] {
+    use tower::{Service, ServiceExt};
+    let bare = Router::new().route("/charges", post(charge));
+    let store: Cache<ScopedKey, StoredResponse> =
+        Cache::builder().max_entries(10_000_000).build().unwrap();
+    let layered = Router::new()
+        .route("/charges", post(charge))
+        .layer(IdempotencyLayer::unscoped(store));
+    let mut out = [0.0; 3];
+    for (slot, (mut app, workload)) in [
+        (bare, Workload::Bare),
+        (layered.clone(), Workload::First),
+        (layered, Workload::Replay),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let start = Instant::now();
+        for i in 0..n {
+            let key = match workload {
+                Workload::Replay => "the-replayed-key".to_string(),
+                _ => format!("in-process-{i}"),
+            };
+            let request = http::Request::post("/charges")
+                .header("idempotency-key", key)
+                .body(axum::body::Body::from(r#"{"amount":4200}"#))
+                .unwrap();
+            let ready = ServiceExt::<http::Request<axum::body::Body>>::ready(&mut app)
+                .await
+                .unwrap();
+            let response = ready.call(request).await.unwrap();
+            axum::body::to_bytes(response.into_body(), 1 << 20)
+                .await
+                .unwrap();
+        }
+        out[slot] = start.elapsed().as_secs_f64() * 1e6 / n as f64;
+    }
+    out
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
@@ -142,6 +184,15 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(async {
+        let [bare_us, first_us, replay_us] = in_process(200_000).await;
+        println!("In process (the router called directly, no network), µs per request:");
+        println!();
+        println!("| workload | µs/request | added |");
+        println!("|---|---|---|");
+        println!("| bare handler | {bare_us:.2} | |");
+        println!("| first execution (layer) | {first_us:.2} | {:+.2} |", first_us - bare_us);
+        println!("| replay (layer) | {replay_us:.2} | {:+.2} |", replay_us - bare_us);
+        println!();
         let bare = serve(Router::new().route("/charges", post(charge))).await;
         let store: Cache<ScopedKey, StoredResponse> = Cache::builder().max_entries(10_000_000).build().unwrap();
         let layered = serve(Router::new().route("/charges", post(charge)).layer(IdempotencyLayer::unscoped(store))).await;
