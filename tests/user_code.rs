@@ -92,8 +92,14 @@ fn a_get_or_compute_hit_drops_the_callers_key_after_unlocking() {
 static PANIC_EQ: AtomicBool = AtomicBool::new(false);
 static EQ_SERIAL: Mutex<()> = Mutex::new(());
 
-#[derive(Clone, Hash, Debug)]
+#[derive(Clone, Debug)]
 struct EqKey(u32);
+
+impl std::hash::Hash for EqKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
 
 impl PartialEq for EqKey {
     fn eq(&self, other: &Self) -> bool {
@@ -180,8 +186,14 @@ fn a_lease_of_duration_max_is_still_a_lease() {
 
 static EQ_CALLS: AtomicUsize = AtomicUsize::new(0);
 
-#[derive(Clone, Hash, Debug)]
+#[derive(Clone, Debug)]
 struct CountingKey(u32);
+
+impl std::hash::Hash for CountingKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
 
 impl PartialEq for CountingKey {
     fn eq(&self, other: &Self) -> bool {

@@ -9,9 +9,10 @@ use redis::{Cmd, Value};
 use crate::codec::Codec;
 use crate::conn::Backend;
 use crate::error::ConnectError;
+use crate::flight::Flights;
 use crate::key::{KeyLayout, check_prefix};
 use crate::local::LocalTier;
-use crate::store::{Inner, RedisStore};
+use crate::store::{Inner, RedisStore, millis};
 
 /// The default key prefix.
 pub const DEFAULT_PREFIX: &str = "idemcache";
@@ -290,6 +291,10 @@ impl RedisStoreBuilder {
             durability: self.durability,
             local,
             eviction_policies: policies,
+            lease_ms: millis(self.lease),
+            grace_ms: millis(self.grace),
+            retention_ms: millis(self.retention),
+            flights: Flights::new(),
         })))
     }
 

@@ -30,23 +30,38 @@ pub(crate) enum Backend {
 }
 
 impl Backend {
-    /// Runs `script` on `key` (its only key) with `args`.
-    pub(crate) async fn eval(
+    /// Runs `call` (made by [`script_call`]) of `script`. A server (or
+    /// Cluster node) that does not know the script yet answers
+    /// `NOSCRIPT`: the script is loaded and the call sent again, as
+    /// redis-rs' `ScriptInvocation` does (once per script and node, not
+    /// per call).
+    pub(crate) async fn run_script(
         &self,
         script: &Script,
-        key: &[u8],
-        args: &[&[u8]],
+        call: &Cmd,
     ) -> Result<Value, RedisError> {
-        let mut invocation = script.key(key);
-        for arg in args {
-            invocation.arg(*arg);
-        }
         match self {
             Backend::Single { connection, .. } => {
-                invocation.invoke_async(&mut connection.clone()).await
+                let mut connection = connection.clone();
+                match call.query_async(&mut connection).await {
+                    Err(err) if is_noscript(&err) => {
+                        script.load_async(&mut connection).await?;
+                        call.query_async(&mut connection).await
+                    }
+                    answer => answer,
+                }
             }
             #[cfg(feature = "cluster")]
-            Backend::Cluster(connection) => invocation.invoke_async(&mut connection.clone()).await,
+            Backend::Cluster(connection) => {
+                let mut connection = connection.clone();
+                match call.query_async(&mut connection).await {
+                    Err(err) if is_noscript(&err) => {
+                        script.load_async(&mut connection).await?;
+                        call.query_async(&mut connection).await
+                    }
+                    answer => answer,
+                }
+            }
         }
     }
 
@@ -155,6 +170,21 @@ impl Backend {
             }
         }
     }
+}
+
+/// An `EVALSHA` of `script` on `key` (its only key), sized for `args`
+/// more arguments of about `args_len` bytes in all, which the caller
+/// appends (`Cmd::arg` encodes numbers without allocating). One buffer per
+/// call: the key and arguments are written once, straight into the
+/// command.
+pub(crate) fn script_call(script: &Script, key: &[u8], args: usize, args_len: usize) -> Cmd {
+    let mut call = Cmd::with_capacity(4 + args, 48 + key.len() + args_len);
+    call.arg("EVALSHA").arg(script.get_hash()).arg(1).arg(key);
+    call
+}
+
+fn is_noscript(err: &RedisError) -> bool {
+    err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
 }
 
 /// Whether Redis refused a write because it is out of memory.

@@ -11,16 +11,24 @@
 //! | `s` | state: `p` in progress, `a` abandoned, `c` completed |
 //! | `f` | the request fingerprint (16 bytes), empty for none |
 //! | `t` | the fencing token (decimal): `max(previous + 1, server TIME in µs)`; once completed, the completing claim's token |
-//! | `d` | the lease deadline, server µs (in progress, abandoned) |
-//! | `b` | when the claim began, server µs (in progress, abandoned) |
-//! | `i` | the claim id (16 bytes) that acquired it (in progress, abandoned) |
-//! | `v` | the encoded value (completed) |
-//! | `x` | when the record expires, server µs (completed) |
+//! | `d` | in progress or abandoned, the holder: the lease deadline and the claim's start (server µs, two big-endian doubles, exact below 2^53) then the claim id (16 bytes); once completed, the encoded value |
 //!
-//! The key's own TTL collects garbage: lease + grace while in progress or
-//! abandoned (the grace keeps the token, so fencing outlives a lapse),
-//! the retention once completed. A lapsed claim (deadline passed) is free:
-//! peek says so and a claim takes it over with a larger token.
+//! The key's own TTL collects garbage and dates the record: lease + grace
+//! while in progress or abandoned (the grace keeps the token, so fencing
+//! outlives a lapse), the retention once completed, so a completed
+//! record's time left is its `PTTL` (no expiry field, and no `TIME` call
+//! in `complete`). A lapsed claim (deadline passed) is free: peek says so
+//! and a claim takes it over with a larger token.
+//!
+//! # Cost
+//!
+//! Each `redis.call` from Lua costs about a microsecond of server time on
+//! top of the command itself, so the scripts make as few as the protocol
+//! allows: a claim of a free key `HMGET`, `TIME`, `HSET`, `PEXPIRE`; a
+//! complete `HMGET`, `HSET` (state and value over the holder, one field),
+//! `PEXPIRE`; a replay `HMGET`, `PTTL`. Replies carry only what the client
+//! does not know already (a fresh acquisition answers its token, not the
+//! lease the client asked for).
 //!
 //! # Memory
 //!
@@ -32,7 +40,8 @@
 //! already admitted can finish; `peek` is `no-writes`.
 //!
 //! Numbers: Lua numbers are doubles, exact to 2^53; server µs are about
-//! 2^51. They are written with `%.0f` (Lua's `tostring` would round them).
+//! 2^51. The token is written with `%.0f` (Lua's `tostring` would round
+//! it); the holder's times are packed as doubles (`struct.pack`).
 
 use std::sync::LazyLock;
 
@@ -40,29 +49,32 @@ use redis::Script;
 
 /// The part of `claim` and `peek` that reads the record and answers for a
 /// live one. ARGV: fingerprint (empty: none), claim id (empty: none).
+/// `TIME` is only asked for a record that is not completed.
 macro_rules! lookup {
     () => {
         r#"
 local key = KEYS[1]
 local fp, cid = ARGV[1], ARGV[2]
-local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
-local r = redis.call('HMGET', key, 's', 'f', 't', 'd', 'b', 'i', 'v', 'x')
+local r = redis.call('HMGET', key, 's', 'f', 't', 'd')
 local s, f = r[1], r[2] or ''
 local mismatch = fp ~= '' and f ~= '' and f ~= fp
-local prev = 0
 if s == 'c' then
   if mismatch then return {'M'} end
-  return {'C', r[7] or '', f, math.max((tonumber(r[8]) or now) - now, 0)}
-elseif s then
+  return {'C', r[4] or '', f, math.max(redis.call('PTTL', key), 0) * 1000}
+end
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+local prev = 0
+if s then
   prev = tonumber(r[3]) or 0
-  local deadline = tonumber(r[4]) or 0
+  local holder = r[4] or ''
+  local deadline, began = 0, now
+  if #holder >= 16 then deadline, began = struct.unpack('>dd', holder) end
   if deadline > now then
     if mismatch then return {'M'} end
-    if s == 'p' and cid ~= '' and r[6] == cid then
-      return {'A', r[3], deadline - now, 1}
+    if s == 'p' and cid ~= '' and string.sub(holder, 17) == cid then
+      return {'A', r[3], deadline - now}
     end
-    local began = tonumber(r[5]) or now
     return {'P', r[3], f, deadline - now, math.max(now - began, 0), s == 'a' and 1 or 0}
   end
 end
@@ -71,31 +83,32 @@ end
 }
 
 /// Reads and checks the holder: state `p` and token `ARGV[1]`, or answers
-/// fenced (`X`).
+/// fenced (`X`). `r[3]` is the holder (`d`).
 macro_rules! holder {
     () => {
         r#"
 local key = KEYS[1]
 local token = ARGV[1]
-local r = redis.call('HMGET', key, 's', 't')
+local r = redis.call('HMGET', key, 's', 't', 'd')
 if r[1] ~= 'p' or r[2] ~= token then return {'X'} end
 "#
     };
 }
 
 /// `claim`: ARGV fingerprint, claim id, lease ms, grace ms. Answers
-/// `M` | `C value fp expires_in_us` | `A token lease_us resent` |
-/// `P token fp lease_us running_us abandoned`.
+/// `M` | `C value fp expires_in_us` | `A token` (acquired now, for the
+/// whole lease asked) | `A token lease_left_us` (this claim id's
+/// acquisition, resent) | `P token fp lease_us running_us abandoned`.
 pub(crate) const CLAIM: &str = concat!(
     "#!lua\n",
     lookup!(),
     r#"
 local lease_ms, grace_ms = tonumber(ARGV[3]), tonumber(ARGV[4])
 local token = string.format('%.0f', math.max(prev + 1, now))
-redis.call('HSET', key, 's', 'p', 'f', fp, 't', token,
-  'd', string.format('%.0f', now + lease_ms * 1000), 'b', string.format('%.0f', now), 'i', cid)
+local holder = struct.pack('>dd', now + lease_ms * 1000, now) .. cid
+redis.call('HSET', key, 's', 'p', 'f', fp, 't', token, 'd', holder)
 redis.call('PEXPIRE', key, lease_ms + grace_ms)
-return {'A', token, lease_ms * 1000, 0}
+return {'A', token}
 "#
 );
 
@@ -103,23 +116,24 @@ return {'A', token, lease_ms * 1000, 0}
 /// does, or `F` for a free key; never writes.
 pub(crate) const PEEK: &str = concat!("#!lua flags=no-writes\n", lookup!(), "return {'F'}\n");
 
-/// `complete`: ARGV token, value, retention ms. Answers `S expires_in_us
-/// resent` or `X` (fenced). A complete resent with the completing token
-/// answers `S` again and changes nothing.
+/// `complete`: ARGV token, value, retention ms. Answers `S` (stored now,
+/// for the retention asked), `S expires_in_us` (a complete resent with
+/// the completing token: changes nothing) or `X` (fenced).
 pub(crate) const COMPLETE: &str = r#"#!lua flags=allow-oom
 local key = KEYS[1]
-local token, value, retention_ms = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
-local r = redis.call('HMGET', key, 's', 't', 'x')
-if r[1] == 'c' and r[2] == token then
-  return {'S', math.max((tonumber(r[3]) or now) - now, 0), 1}
+local token = ARGV[1]
+local r = redis.call('HMGET', key, 's', 't')
+if r[2] == token then
+  if r[1] == 'p' then
+    redis.call('HSET', key, 's', 'c', 'd', ARGV[2])
+    redis.call('PEXPIRE', key, ARGV[3])
+    return {'S'}
+  end
+  if r[1] == 'c' then
+    return {'S', math.max(redis.call('PTTL', key), 0) * 1000}
+  end
 end
-if r[1] ~= 'p' or r[2] ~= token then return {'X'} end
-redis.call('HSET', key, 's', 'c', 'v', value, 'x', string.format('%.0f', now + retention_ms * 1000))
-redis.call('HDEL', key, 'd', 'b', 'i')
-redis.call('PEXPIRE', key, retention_ms)
-return {'S', retention_ms * 1000, 0}
+return {'X'}
 "#;
 
 /// `release`: ARGV token. Deletes the record (nothing kept, not even the
@@ -133,7 +147,8 @@ return {'K'}
 "#
 );
 
-/// `renew`: ARGV token, lease ms, grace ms. Answers `R lease_us` or `X`.
+/// `renew`: ARGV token, lease ms, grace ms. Answers `R` (renewed for the
+/// whole lease asked) or `X`.
 pub(crate) const RENEW: &str = concat!(
     "#!lua flags=allow-oom\n",
     holder!(),
@@ -141,9 +156,16 @@ pub(crate) const RENEW: &str = concat!(
 local lease_ms, grace_ms = tonumber(ARGV[2]), tonumber(ARGV[3])
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
-redis.call('HSET', key, 'd', string.format('%.0f', now + lease_ms * 1000))
+local old = r[3] or ''
+local began = now
+if #old >= 16 then
+  local _, b = struct.unpack('>dd', old)
+  began = b
+end
+local holder = struct.pack('>dd', now + lease_ms * 1000, began) .. string.sub(old, 17)
+redis.call('HSET', key, 'd', holder)
 redis.call('PEXPIRE', key, lease_ms + grace_ms)
-return {'R', lease_ms * 1000}
+return {'R'}
 "#
 );
 

@@ -10,11 +10,12 @@ use idemcache::Fingerprint;
 use idemcache::store::{
     Acquired, ClaimId, ClaimOutcome, Completion, Fenced, InFlight, Peek, Replay, Store, StoreError,
 };
-use redis::{Cmd, Value};
+use redis::{Cmd, RedisError, Script, Value};
 
 use crate::builder::{Durability, RedisStoreBuilder};
 use crate::codec::Codec;
-use crate::conn::{Backend, is_oom, store_error, within};
+use crate::conn::{Backend, is_oom, script_call, store_error, within};
+use crate::flight::Flights;
 use crate::key::KeyLayout;
 use crate::local::{LocalRecord, LocalTier};
 use crate::scripts::SCRIPTS;
@@ -43,6 +44,13 @@ pub(crate) struct Inner<C> {
     pub(crate) durability: Durability,
     pub(crate) local: Option<LocalTier>,
     pub(crate) eviction_policies: Vec<(String, String)>,
+    /// `lease`, `grace` and `retention` in whole milliseconds (at least
+    /// 1), as the scripts take them.
+    pub(crate) lease_ms: u64,
+    pub(crate) grace_ms: u64,
+    pub(crate) retention_ms: u64,
+    /// This process's single flights of `peek`, per key.
+    pub(crate) flights: Flights<Shared>,
 }
 
 impl<V, C> Clone for RedisStore<V, C> {
@@ -60,6 +68,7 @@ impl<V, C> fmt::Debug for RedisStore<V, C> {
             .field("layout", &self.inner.layout)
             .field("lease", &self.inner.lease)
             .field("retention", &self.inner.retention)
+            .field("grace", &self.inner.grace)
             .field("timeout", &self.inner.timeout)
             .field("durability", &self.inner.durability)
             .field("local_tier", &self.inner.local.is_some())
@@ -145,26 +154,38 @@ impl<V, C> RedisStore<V, C> {
     pub fn eviction_policies(&self) -> &[(String, String)] {
         &self.inner.eviction_policies
     }
+
+    /// How many `peek` round trips this store (and its clones) has made:
+    /// one per flight, however many callers shared it (see [`Store::peek`]
+    /// and "Waiting across replicas" in the [crate docs](crate)). For
+    /// metrics and tests.
+    pub fn peek_round_trips(&self) -> u64 {
+        self.inner.flights.round_trips()
+    }
 }
 
 impl<V, C: Codec<V>> RedisStore<V, C> {
-    /// Runs one script within the response timeout.
-    async fn eval(
+    /// Runs one script call within the response timeout.
+    async fn run(
         &self,
         operation: &'static str,
-        script: &redis::Script,
-        key: &[u8],
-        args: &[&[u8]],
+        script: &Script,
+        call: &Cmd,
     ) -> Result<Value, StoreError> {
         let inner = &*self.inner;
         within(inner.timeout, async {
             inner
                 .backend
-                .eval(script, key, args)
+                .run_script(script, call)
                 .await
                 .map_err(|err| store_error(err, operation, inner.timeout))
         })
         .await
+    }
+
+    /// The lease of an acquisition made now.
+    fn lease_granted(&self) -> Duration {
+        Duration::from_millis(self.inner.lease_ms)
     }
 
     fn local_replay(&self, key: &str, fingerprint: Option<Fingerprint>) -> Option<Replay<V>> {
@@ -181,53 +202,44 @@ impl<V, C: Codec<V>> RedisStore<V, C> {
         ))
     }
 
-    /// What a `claim` or `peek` script answered.
-    fn lookup_answer(&self, key: &str, answer: Value) -> Result<Looked<V>, StoreError> {
-        let items = Reply::new(answer)?;
-        Ok(match items.tag()? {
-            b'M' => Looked::Mismatch,
-            b'F' => Looked::Free,
-            b'C' => {
-                let bytes = items.bytes(1)?;
-                let fingerprint = items.fingerprint(2)?;
-                let expires_in = items.micros(3)?;
-                let expires_at = SystemTime::now() + expires_in;
-                let value = self
-                    .inner
-                    .codec
-                    .decode(bytes)
-                    .map_err(|err| StoreError::Codec {
-                        reason: format!("decoding the stored value: {err}"),
-                    })?;
-                if let Some(local) = &self.inner.local {
-                    let record = LocalRecord {
-                        value: bytes.to_vec(),
-                        fingerprint,
-                        expires_at,
-                    };
-                    local.put(key, record, expires_in);
-                }
-                Looked::Completed(Replay::from_parts(
-                    value,
-                    fingerprint,
-                    expires_in,
-                    expires_at,
-                ))
-            }
-            b'A' => Looked::Acquired(Acquired {
-                token: items.token(1)?,
-                lease: items.micros(2)?,
-                resent: items.int(3)? == 1,
-            }),
-            b'P' => Looked::InProgress(InFlight {
-                token: items.token(1)?,
-                fingerprint: items.fingerprint(2)?,
-                lease_remaining: Some(items.micros(3)?),
-                running_for: items.micros(4)?,
-                abandoned: items.int(5)? == 1,
-            }),
-            other => return Err(items.unexpected(other)),
-        })
+    /// Decodes a completed record's value.
+    fn decode_replay(
+        &self,
+        value: &[u8],
+        fingerprint: Option<Fingerprint>,
+        expires_in: Duration,
+    ) -> Result<Replay<V>, StoreError> {
+        let decoded = self
+            .inner
+            .codec
+            .decode(value)
+            .map_err(|err| StoreError::Codec {
+                reason: format!("decoding the stored value: {err}"),
+            })?;
+        Ok(Replay::from_parts(
+            decoded,
+            fingerprint,
+            expires_in,
+            SystemTime::now() + expires_in,
+        ))
+    }
+
+    /// Keeps a completed record in the local tier, if there is one.
+    fn keep_local(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        fingerprint: Option<Fingerprint>,
+        expires_in: Duration,
+    ) {
+        if let Some(local) = &self.inner.local {
+            let record = LocalRecord {
+                value,
+                fingerprint,
+                expires_at: SystemTime::now() + expires_in,
+            };
+            local.put(key, record, expires_in);
+        }
     }
 
     async fn claim_record(
@@ -239,43 +251,65 @@ impl<V, C: Codec<V>> RedisStore<V, C> {
         if let Some(replay) = self.local_replay(key, fingerprint) {
             return Ok(ClaimOutcome::Completed(replay));
         }
-        let redis_key = self.inner.layout.redis_key(key)?;
-        let fp = fingerprint_arg(fingerprint);
-        let id = claim_id.as_u128().to_be_bytes();
-        let lease_ms = millis(self.inner.lease).to_string();
-        let grace_ms = millis(self.inner.grace).to_string();
-        let args: [&[u8]; 4] = [&fp, &id, lease_ms.as_bytes(), grace_ms.as_bytes()];
         let inner = &*self.inner;
+        let redis_key = inner.layout.redis_key(key)?;
+        let fp = fingerprint.map(Fingerprint::to_bytes);
+        let fp: &[u8] = fp.as_ref().map_or(&[], |fp| &fp[..]);
+        let id = claim_id.as_u128().to_be_bytes();
+        let mut call = script_call(&SCRIPTS.claim, &redis_key, 4, 16 + 16 + 40);
+        call.arg(fp)
+            .arg(&id[..])
+            .arg(inner.lease_ms)
+            .arg(inner.grace_ms);
         let answer = within(inner.timeout, async {
-            match inner.backend.eval(&SCRIPTS.claim, &redis_key, &args).await {
+            match inner.backend.run_script(&SCRIPTS.claim, &call).await {
                 Ok(answer) => Ok(Some(answer)),
                 // Refused before it ran: Redis is out of memory.
                 Err(err) if is_oom(&err) => Ok(None),
                 Err(err) => Err(store_error(err, "claim", inner.timeout)),
             }
         })
-        .await?;
-        let looked = match answer {
-            Some(answer) => self.lookup_answer(key, answer)?,
+        .await;
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(err) => {
+                // It may have acquired the key.
+                inner.flights.invalidate(key);
+                return Err(err);
+            }
+        };
+        let observed = match answer {
+            Some(answer) => parse_lookup(answer, self.lease_granted())?,
             None => {
                 // Out of memory: no new claim, but what exists is still
                 // answered (replays, 409s, 422s, and this claim's own
                 // acquisition if an earlier send of it got in).
-                let answer = self
-                    .eval("peek", &SCRIPTS.peek, &redis_key, &[&fp, &id])
-                    .await?;
-                match self.lookup_answer(key, answer)? {
-                    Looked::Free => return Ok(ClaimOutcome::Full),
-                    looked => looked,
+                let mut call = script_call(&SCRIPTS.peek, &redis_key, 2, 32);
+                call.arg(fp).arg(&id[..]);
+                let answer = self.run("peek", &SCRIPTS.peek, &call).await?;
+                match parse_lookup(answer, self.lease_granted())? {
+                    Observed::Free => return Ok(ClaimOutcome::Full),
+                    observed => observed,
                 }
             }
         };
-        Ok(match looked {
-            Looked::Acquired(acquired) => ClaimOutcome::Acquired(acquired),
-            Looked::Completed(replay) => ClaimOutcome::Completed(replay),
-            Looked::InProgress(in_flight) => ClaimOutcome::InProgress(in_flight),
-            Looked::Mismatch => ClaimOutcome::Mismatch,
-            Looked::Free => {
+        Ok(match observed {
+            Observed::Acquired(acquired) => {
+                inner.flights.invalidate(key);
+                ClaimOutcome::Acquired(acquired)
+            }
+            Observed::Completed {
+                value,
+                fingerprint,
+                expires_in,
+            } => {
+                let replay = self.decode_replay(&value, fingerprint, expires_in)?;
+                self.keep_local(key, value, fingerprint, expires_in);
+                ClaimOutcome::Completed(replay)
+            }
+            Observed::InProgress(in_flight) => ClaimOutcome::InProgress(in_flight),
+            Observed::Mismatch => ClaimOutcome::Mismatch,
+            Observed::Free => {
                 return Err(StoreError::Unavailable {
                     reason: "the claim script answered `free`; is another version of the script loaded under this prefix?".into(),
                     source: None,
@@ -286,6 +320,7 @@ impl<V, C: Codec<V>> RedisStore<V, C> {
 
     async fn complete_record(
         &self,
+        key: &str,
         redis_key: Result<Vec<u8>, StoreError>,
         token: u64,
         value: Result<Vec<u8>, StoreError>,
@@ -293,14 +328,18 @@ impl<V, C: Codec<V>> RedisStore<V, C> {
     ) -> Result<Completion, StoreError> {
         let redis_key = redis_key?;
         let value = value?;
-        let token_arg = token.to_string();
-        let retention_ms = millis(retention.unwrap_or(self.inner.retention)).to_string();
-        let args: [&[u8]; 3] = [token_arg.as_bytes(), &value, retention_ms.as_bytes()];
-        let answer = self
-            .eval("complete", &SCRIPTS.complete, &redis_key, &args)
-            .await?;
-        let items = Reply::new(answer)?;
+        let retention_ms = retention.map_or(self.inner.retention_ms, millis);
+        let mut call = script_call(&SCRIPTS.complete, &redis_key, 3, 40 + value.len());
+        call.arg(token).arg(&value[..]).arg(retention_ms);
+        let answer = self.run("complete", &SCRIPTS.complete, &call).await;
+        // Whatever the answer (a timeout may have stored it), what this
+        // process knew of the key is stale.
+        self.inner.flights.invalidate(key);
+        let items = Reply::new(answer?)?;
         let expires_in = match items.tag()? {
+            // Stored now, for the retention asked.
+            b'S' if items.len() == 1 => Duration::from_millis(retention_ms),
+            // A resend of a complete that had stored it.
             b'S' => items.micros(1)?,
             b'X' => return Err(Fenced::new(token).into()),
             other => return Err(items.unexpected(other)),
@@ -366,26 +405,26 @@ impl<V, C: Codec<V>> RedisStore<V, C> {
         }
     }
 
-    /// Runs `release`, `abandon` (ARGV token) or `renew` (token, lease,
-    /// grace) and answers the reply, or Fenced.
+    /// Runs `release`, `abandon` or `renew` for the claim with `token`:
+    /// the reply, or [`Fenced`].
     async fn by_token(
         &self,
         operation: &'static str,
-        script: &redis::Script,
+        script: &Script,
         key: &str,
         token: u64,
     ) -> Result<Reply, StoreError> {
-        let redis_key = self.inner.layout.redis_key(key)?;
-        let token_arg = token.to_string();
-        let lease_ms = millis(self.inner.lease).to_string();
-        let grace_ms = millis(self.inner.grace).to_string();
-        let args: [&[u8]; 3] = [
-            token_arg.as_bytes(),
-            lease_ms.as_bytes(),
-            grace_ms.as_bytes(),
-        ];
-        let answer = self.eval(operation, script, &redis_key, &args).await?;
-        let items = Reply::new(answer)?;
+        let inner = &*self.inner;
+        let redis_key = inner.layout.redis_key(key)?;
+        let renew = operation == "renew";
+        let mut call = script_call(script, &redis_key, 3, 60);
+        call.arg(token);
+        if renew {
+            call.arg(inner.lease_ms).arg(inner.grace_ms);
+        }
+        let answer = self.run(operation, script, &call).await;
+        inner.flights.invalidate(key);
+        let items = Reply::new(answer?)?;
         match items.tag()? {
             b'X' => Err(Fenced::new(token).into()),
             _ => Ok(items),
@@ -395,7 +434,7 @@ impl<V, C: Codec<V>> RedisStore<V, C> {
     async fn end_by_token(
         &self,
         operation: &'static str,
-        script: &redis::Script,
+        script: &Script,
         key: &str,
         token: u64,
     ) -> Result<(), StoreError> {
@@ -403,9 +442,12 @@ impl<V, C: Codec<V>> RedisStore<V, C> {
     }
 
     async fn renew_record(&self, key: &str, token: u64) -> Result<Duration, StoreError> {
-        self.by_token("renew", &SCRIPTS.renew, key, token)
-            .await?
-            .micros(1)
+        let items = self.by_token("renew", &SCRIPTS.renew, key, token).await?;
+        match items.tag()? {
+            // Renewed for the whole lease asked.
+            b'R' => Ok(self.lease_granted()),
+            other => Err(items.unexpected(other)),
+        }
     }
 
     async fn peek_record(
@@ -416,17 +458,34 @@ impl<V, C: Codec<V>> RedisStore<V, C> {
         if let Some(replay) = self.local_replay(key, fingerprint) {
             return Ok(Peek::Completed(replay));
         }
-        let redis_key = self.inner.layout.redis_key(key)?;
-        let fp = fingerprint_arg(fingerprint);
-        let answer = self
-            .eval("peek", &SCRIPTS.peek, &redis_key, &[&fp, b""])
-            .await?;
-        Ok(match self.lookup_answer(key, answer)? {
-            Looked::Completed(replay) => Peek::Completed(replay),
-            Looked::InProgress(in_flight) => Peek::InProgress(in_flight),
-            Looked::Mismatch => Peek::Mismatch,
-            Looked::Free => Peek::Free,
-            Looked::Acquired(acquired) => Peek::InProgress(InFlight {
+        let inner = &*self.inner;
+        let redis_key = inner.layout.redis_key(key)?;
+        let shared = inner
+            .flights
+            .get(
+                key,
+                inner.timeout,
+                |shared, age| matches!(shared, Ok(observed) if observed.holds_after(age)),
+                |left| self.peek_round_trip(key, &redis_key, left),
+            )
+            .await;
+        let Some((shared, at)) = shared else {
+            return Err(StoreError::Timeout {
+                after: inner.timeout,
+            });
+        };
+        let observed = shared.map_err(|failure| failure.into_error(inner.timeout))?;
+        Ok(match observed.seen_by(fingerprint, at.elapsed()) {
+            Observed::Completed {
+                value,
+                fingerprint,
+                expires_in,
+            } => Peek::Completed(self.decode_replay(&value, fingerprint, expires_in)?),
+            Observed::InProgress(in_flight) => Peek::InProgress(in_flight),
+            Observed::Mismatch => Peek::Mismatch,
+            Observed::Free => Peek::Free,
+            // A peek names no claim id, so the script never answers this.
+            Observed::Acquired(acquired) => Peek::InProgress(InFlight {
                 token: acquired.token,
                 fingerprint,
                 lease_remaining: Some(acquired.lease),
@@ -436,15 +495,44 @@ impl<V, C: Codec<V>> RedisStore<V, C> {
         })
     }
 
+    /// One `peek` round trip, led for every caller of this flight: asks
+    /// without a fingerprint (each caller checks its own, as the script
+    /// would), within `left`.
+    async fn peek_round_trip(&self, key: &str, redis_key: &[u8], left: Duration) -> Shared {
+        let inner = &*self.inner;
+        let mut call = script_call(&SCRIPTS.peek, redis_key, 2, 0);
+        call.arg(&b""[..]).arg(&b""[..]);
+        let answer = match tokio::time::timeout(
+            left,
+            inner.backend.run_script(&SCRIPTS.peek, &call),
+        )
+        .await
+        {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(err)) => return Err(Failure::Redis(err)),
+            Err(_elapsed) => return Err(Failure::Timeout),
+        };
+        let observed = parse_lookup(answer, self.lease_granted()).map_err(Failure::from)?;
+        if let Observed::Completed {
+            value,
+            fingerprint,
+            expires_in,
+        } = &observed
+        {
+            self.keep_local(key, value.clone(), *fingerprint, *expires_in);
+        }
+        Ok(observed)
+    }
+
     async fn remove_record(&self, key: &str) -> Result<bool, StoreError> {
         if let Some(local) = &self.inner.local {
             local.remove(key);
         }
         let redis_key = self.inner.layout.redis_key(key)?;
-        match self
-            .eval("remove", &SCRIPTS.remove, &redis_key, &[])
-            .await?
-        {
+        let call = script_call(&SCRIPTS.remove, &redis_key, 0, 0);
+        let answer = self.run("remove", &SCRIPTS.remove, &call).await;
+        self.inner.flights.invalidate(key);
+        match answer? {
             Value::Int(removed) => Ok(removed == 1),
             other => Err(unexpected_reply(&other)),
         }
@@ -490,7 +578,7 @@ where
                 reason: format!("encoding the value: {err}"),
             });
         drop(value);
-        self.complete_record(redis_key, token, encoded, retention)
+        self.complete_record(key, redis_key, token, encoded, retention)
     }
 
     fn release(
@@ -517,6 +605,16 @@ where
         self.end_by_token("abandon", &SCRIPTS.abandon, key, token)
     }
 
+    /// What `key` holds, for a request with `fingerprint`.
+    ///
+    /// Peeks of one key in this process share round trips (a single
+    /// flight): a peek joins the one already on its way rather than
+    /// sending another, so Redis sees at most one `peek` of a key at a
+    /// time from this process. A waiter woken by
+    /// [`changed`](Store::changed) takes the answer that woke it (at most
+    /// 20 ms old) instead of asking again. A write of the key through this
+    /// store (any operation but `peek`) discards what is known of it, so a
+    /// peek always sees this process's own writes.
     fn peek(
         &self,
         key: &String,
@@ -535,18 +633,157 @@ where
         self.inner.lease
     }
 
-    // `changed` keeps the trait's default (never resolves): a waiter polls
-    // `peek` with capped backoff and jitter (`wait_for_outcome`), which
-    // works the same whichever replica holds the key.
+    /// Resolves when this process learns something new about `key`: a
+    /// `peek` round trip for it (any caller's) brings an answer, or this
+    /// store writes it (claim, complete, release, renew, abandon, remove).
+    ///
+    /// So the duplicates of a request waiting on one key in one process
+    /// ([`wait_for_outcome`](idemcache::store::wait_for_outcome)) wake
+    /// together whenever one of them polls, take that answer without a
+    /// round trip of their own, and back off in step: the key is polled
+    /// once per backoff step by whichever waiter's timer fires first (the
+    /// leader), not once per waiter. A holder completing in the same
+    /// process wakes its waiters at once; one on another replica is seen
+    /// at the next poll.
+    fn changed(&self, key: &String) -> impl Future<Output = ()> + Send {
+        self.inner.flights.changed(key)
+    }
 }
 
-/// What a `claim` or `peek` script answered.
-enum Looked<V> {
+/// What a `claim` or `peek` script answered, its value still encoded.
+#[derive(Clone, Debug)]
+pub(crate) enum Observed {
     Acquired(Acquired),
-    Completed(Replay<V>),
+    Completed {
+        value: Vec<u8>,
+        fingerprint: Option<Fingerprint>,
+        expires_in: Duration,
+    },
     InProgress(InFlight),
     Mismatch,
     Free,
+}
+
+impl Observed {
+    /// As a request with `fingerprint` sees it, `age` after Redis answered:
+    /// a live record with another fingerprint is a mismatch (the scripts'
+    /// rule, for an answer asked without one), and the times move on.
+    fn seen_by(self, fingerprint: Option<Fingerprint>, age: Duration) -> Observed {
+        let other = |stored: Option<Fingerprint>| matches!((fingerprint, stored), (Some(asked), Some(stored)) if asked != stored);
+        match self {
+            Observed::Completed {
+                value,
+                fingerprint: stored,
+                expires_in,
+            } => {
+                if other(stored) {
+                    Observed::Mismatch
+                } else {
+                    Observed::Completed {
+                        value,
+                        fingerprint: stored,
+                        expires_in: expires_in.saturating_sub(age),
+                    }
+                }
+            }
+            Observed::InProgress(in_flight) => {
+                if other(in_flight.fingerprint) {
+                    Observed::Mismatch
+                } else {
+                    Observed::InProgress(InFlight {
+                        lease_remaining: in_flight.lease_remaining.map(|l| l.saturating_sub(age)),
+                        running_for: in_flight.running_for + age,
+                        ..in_flight
+                    })
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// Whether the answer still holds `age` after it came: a record not
+    /// yet expired, a lease not yet lapsed.
+    fn holds_after(&self, age: Duration) -> bool {
+        match self {
+            Observed::Completed { expires_in, .. } => *expires_in > age,
+            Observed::InProgress(in_flight) => in_flight.lease_remaining.is_none_or(|l| l > age),
+            _ => true,
+        }
+    }
+}
+
+/// What a `peek` flight answers all its callers.
+pub(crate) type Shared = Result<Observed, Failure>;
+
+/// Why a shared `peek` failed; each caller makes its own [`StoreError`]
+/// of it.
+#[derive(Clone, Debug)]
+pub(crate) enum Failure {
+    Redis(RedisError),
+    Timeout,
+    Unavailable(String),
+    Codec(String),
+}
+
+impl Failure {
+    fn into_error(self, timeout: Duration) -> StoreError {
+        match self {
+            Failure::Redis(err) => store_error(err, "peek", timeout),
+            Failure::Timeout => StoreError::Timeout { after: timeout },
+            Failure::Unavailable(reason) => StoreError::Unavailable {
+                reason,
+                source: None,
+            },
+            Failure::Codec(reason) => StoreError::Codec { reason },
+        }
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Timeout { .. } => Failure::Timeout,
+            StoreError::Codec { reason } => Failure::Codec(reason),
+            StoreError::Unavailable {
+                reason,
+                source: None,
+            } => Failure::Unavailable(reason),
+            other => Failure::Unavailable(other.to_string()),
+        }
+    }
+}
+
+/// Parses a `claim` or `peek` answer. `lease` is what an acquisition made
+/// now holds (the script answers only its token).
+fn parse_lookup(answer: Value, lease: Duration) -> Result<Observed, StoreError> {
+    let mut items = Reply::new(answer)?;
+    Ok(match items.tag()? {
+        b'M' => Observed::Mismatch,
+        b'F' => Observed::Free,
+        b'C' => Observed::Completed {
+            fingerprint: items.fingerprint(2)?,
+            expires_in: items.micros(3)?,
+            value: items.take_bytes(1)?,
+        },
+        b'A' if items.len() == 2 => Observed::Acquired(Acquired {
+            token: items.token(1)?,
+            lease,
+            resent: false,
+        }),
+        b'A' => Observed::Acquired(Acquired {
+            token: items.token(1)?,
+            lease: items.micros(2)?,
+            resent: true,
+        }),
+        b'P' => Observed::InProgress(InFlight {
+            token: items.token(1)?,
+            fingerprint: items.fingerprint(2)?,
+            lease_remaining: Some(items.micros(3)?),
+            running_for: items.micros(4)?,
+            abandoned: items.int(5)? == 1,
+        }),
+        other => return Err(items.unexpected(other)),
+    })
 }
 
 /// A script's array answer: a one-letter tag, then fields.
@@ -560,18 +797,24 @@ impl Reply {
         }
     }
 
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
     fn tag(&self) -> Result<u8, StoreError> {
         match self.0.first() {
             Some(Value::BulkString(tag)) if tag.len() == 1 => Ok(tag[0]),
             Some(Value::SimpleString(tag)) if tag.len() == 1 => Ok(tag.as_bytes()[0]),
-            _ => Err(unexpected_reply(&Value::Array(self.0.clone()))),
+            _ => Err(self.malformed()),
         }
     }
 
+    fn malformed(&self) -> StoreError {
+        unexpected_reply(&Value::Array(self.0.clone()))
+    }
+
     fn field(&self, at: usize) -> Result<&Value, StoreError> {
-        self.0
-            .get(at)
-            .ok_or_else(|| unexpected_reply(&Value::Array(self.0.clone())))
+        self.0.get(at).ok_or_else(|| self.malformed())
     }
 
     fn bytes(&self, at: usize) -> Result<&[u8], StoreError> {
@@ -579,6 +822,15 @@ impl Reply {
             Value::BulkString(bytes) => Ok(bytes),
             Value::SimpleString(text) => Ok(text.as_bytes()),
             other => Err(unexpected_reply(other)),
+        }
+    }
+
+    /// The bytes at `at`, moved out (no copy).
+    fn take_bytes(&mut self, at: usize) -> Result<Vec<u8>, StoreError> {
+        match self.0.get_mut(at) {
+            Some(Value::BulkString(bytes)) => Ok(std::mem::take(bytes)),
+            Some(Value::SimpleString(text)) => Ok(std::mem::take(text).into_bytes()),
+            _ => Err(self.malformed()),
         }
     }
 
@@ -593,7 +845,13 @@ impl Reply {
         Ok(Duration::from_micros(self.int(at)?.max(0) as u64))
     }
 
+    /// A fencing token: the record's decimal string (or a number).
     fn token(&self, at: usize) -> Result<u64, StoreError> {
+        if let Value::Int(n) = self.field(at)? {
+            return u64::try_from(*n).map_err(|_| StoreError::Codec {
+                reason: format!("a fencing token is negative: {n}"),
+            });
+        }
         let bytes = self.bytes(at)?;
         std::str::from_utf8(bytes)
             .ok()
@@ -635,13 +893,8 @@ fn unexpected_reply(value: &Value) -> StoreError {
     }
 }
 
-/// A fingerprint as a script argument: its 16 bytes, or empty for none.
-fn fingerprint_arg(fingerprint: Option<Fingerprint>) -> Vec<u8> {
-    fingerprint.map_or_else(Vec::new, |fp| fp.to_bytes().to_vec())
-}
-
 /// Whole milliseconds, at least 1.
-fn millis(duration: Duration) -> u64 {
+pub(crate) fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis())
         .unwrap_or(u64::MAX)
         .max(1)

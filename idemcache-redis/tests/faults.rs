@@ -439,6 +439,11 @@ fn killed_connections_never_execute_a_key_twice() {
         let store = Arc::new(
             builder(&server, &unique_prefix("client-kill"))
                 .response_timeout(Duration::from_secs(1))
+                // Longer than any run: on a loaded machine a holder can
+                // retry its complete through the kills for over 10 s, and
+                // a lapsed lease is (rightly) taken over and fenced, which
+                // is not what this test is about.
+                .lease(Duration::from_secs(120))
                 .connect_with_codec(Raw)
                 .await
                 .expect("connect"),
