@@ -27,6 +27,30 @@ const FULL_CAPACITY: usize = 100_000;
 struct Config {
     ops: usize,
     reps: usize,
+    /// `COMPARE_PEERS`: peer names to run (comma-separated; all if unset).
+    peers: Option<Vec<String>>,
+    /// `COMPARE_ONLY`: run the workloads whose name contains one of these
+    /// (comma-separated; all if unset). For A/B runs while iterating.
+    only: Option<Vec<String>>,
+}
+
+impl Config {
+    fn wants(&self, workload: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|only| only.iter().any(|w| workload.contains(w.as_str())))
+    }
+
+    fn runs(&self, peer: Peer) -> bool {
+        self.peers
+            .as_ref()
+            .is_none_or(|peers| peers.iter().any(|p| p == peer.name()))
+    }
+}
+
+fn list_var(name: &str) -> Option<Vec<String>> {
+    let value = std::env::var(name).ok()?;
+    Some(value.split(',').map(|s| s.trim().to_string()).collect())
 }
 
 struct Row {
@@ -51,6 +75,21 @@ fn throughput(cfg: &Config, threads: usize, mut run: impl FnMut() -> Duration) -
         })
         .collect();
     median(runs)
+}
+
+/// Measures `peer` on the row `(workload, threads)` unless the run
+/// filters the workload out (`run` gives `None` where it does not apply).
+fn measure(
+    cfg: &Config,
+    rows: &mut Vec<Row>,
+    workload: &str,
+    threads: usize,
+    peer: Peer,
+    run: impl FnOnce() -> Option<f64>,
+) {
+    if cfg.wants(workload) {
+        record(rows, workload, threads, peer, run());
+    }
 }
 
 /// Adds a measurement for `peer` to the row `(workload, threads)`.
@@ -86,11 +125,29 @@ fn preloaded_workloads<K: BenchKey>(
     let (present, absent) = keys::<K>(n);
     let uniform = indices(n, cfg.ops * 2, false, 1);
     let skewed = indices(n, cfg.ops * 2, true, 2);
-    let store = peer.build::<K>(n, false);
-    for (i, key) in present.iter().enumerate() {
-        store.insert(key.clone(), value(i as u64));
-    }
+    let mut store = peer.build::<K>(n, false);
+    store.preload(
+        present
+            .iter()
+            .enumerate()
+            .map(|(i, key)| (key.clone(), value(i as u64)))
+            .collect(),
+    );
     let store = &*store;
+    // Owned copies of the keys `uniform` picks, one list per thread,
+    // prepared outside the timing (as a request handler owns its key).
+    let owned_keys = |threads: usize| -> Vec<std::sync::Mutex<Vec<K>>> {
+        (0..threads)
+            .map(|t| {
+                std::sync::Mutex::new(
+                    uniform[t * cfg.ops..(t + 1) * cfg.ops]
+                        .iter()
+                        .map(|&i| present[i as usize].clone())
+                        .collect(),
+                )
+            })
+            .collect()
+    };
     for threads in [1, 2] {
         let get = |idx: &[u32]| {
             throughput(cfg, threads, || {
@@ -101,83 +158,76 @@ fn preloaded_workloads<K: BenchKey>(
                 })
             })
         };
-        record(
+        measure(
+            cfg,
             rows,
             &format!("get hit, uniform{label}"),
             threads,
             peer,
-            Some(get(&uniform)),
+            || Some(get(&uniform)),
         );
         if !full_set {
             continue;
         }
-        record(
+        measure(
+            cfg,
             rows,
             &format!("get hit, skewed{label}"),
             threads,
             peer,
-            Some(get(&skewed)),
+            || Some(get(&skewed)),
         );
-        let miss = throughput(cfg, threads, || {
-            timed(threads, |t| {
-                for &i in &uniform[t * cfg.ops..(t + 1) * cfg.ops] {
-                    black_box(store.get(&absent[i as usize]));
-                }
-            })
-        });
-        record(rows, &format!("get miss{label}"), threads, peer, Some(miss));
-        // get_or_compute on a hit: the caller owns its key (as a request
-        // handler does), so owned keys are prepared outside the timing.
-        let hit = throughput(cfg, threads, || {
-            let owned: Vec<Vec<K>> = (0..threads)
-                .map(|t| {
-                    uniform[t * cfg.ops..(t + 1) * cfg.ops]
-                        .iter()
-                        .map(|&i| present[i as usize].clone())
-                        .collect()
-                })
-                .collect();
-            let owned: Vec<std::sync::Mutex<Vec<K>>> =
-                owned.into_iter().map(std::sync::Mutex::new).collect();
-            timed(threads, |t| {
-                let keys = std::mem::take(&mut *owned[t].lock().unwrap());
-                for key in keys {
-                    black_box(store.get_or_compute(key, &|| unreachable!("hit")));
-                }
-            })
-        });
-        record(
+        measure(
+            cfg,
+            rows,
+            &format!("get miss{label}"),
+            threads,
+            peer,
+            || {
+                Some(throughput(cfg, threads, || {
+                    timed(threads, |t| {
+                        for &i in &uniform[t * cfg.ops..(t + 1) * cfg.ops] {
+                            black_box(store.get(&absent[i as usize]));
+                        }
+                    })
+                }))
+            },
+        );
+        measure(
+            cfg,
             rows,
             &format!("get_or_compute hit{label}"),
             threads,
             peer,
-            Some(hit),
+            || {
+                Some(throughput(cfg, threads, || {
+                    let owned = owned_keys(threads);
+                    timed(threads, |t| {
+                        for key in std::mem::take(&mut *owned[t].lock().unwrap()) {
+                            black_box(store.get_or_compute(key, &|| unreachable!("hit")));
+                        }
+                    })
+                }))
+            },
         );
         // The same owned keys through `get`, dropped after: what the
         // get_or_compute hit above should cost.
-        let owned_get = throughput(cfg, threads, || {
-            let owned: Vec<std::sync::Mutex<Vec<K>>> = (0..threads)
-                .map(|t| {
-                    std::sync::Mutex::new(
-                        uniform[t * cfg.ops..(t + 1) * cfg.ops]
-                            .iter()
-                            .map(|&i| present[i as usize].clone())
-                            .collect(),
-                    )
-                })
-                .collect();
-            timed(threads, |t| {
-                for key in std::mem::take(&mut *owned[t].lock().unwrap()) {
-                    black_box(store.get(&key));
-                }
-            })
-        });
-        record(
+        measure(
+            cfg,
             rows,
             &format!("get hit, caller-owned key{label}"),
             threads,
             peer,
-            Some(owned_get),
+            || {
+                Some(throughput(cfg, threads, || {
+                    let owned = owned_keys(threads);
+                    timed(threads, |t| {
+                        for key in std::mem::take(&mut *owned[t].lock().unwrap()) {
+                            black_box(store.get(&key));
+                        }
+                    })
+                }))
+            },
         );
     }
     if !full_set {
@@ -185,35 +235,33 @@ fn preloaded_workloads<K: BenchKey>(
     }
     // Mixed 90% get / 10% insert of fresh keys (grows the store: last).
     for threads in [1, 2] {
-        let mixed = throughput(cfg, threads, || {
-            let fresh: Vec<std::sync::Mutex<Vec<K>>> = (0..threads)
-                .map(|t| {
-                    let base = fresh_base() + t as u64 * 100_000_000;
-                    std::sync::Mutex::new(
-                        (0..cfg.ops as u64 / 10 + 1)
-                            .map(|j| K::make(base + j))
-                            .collect(),
-                    )
+        let workload = format!("mixed 90% get / 10% insert{label}");
+        measure(cfg, rows, &workload, threads, peer, || {
+            store.writable().then(|| {
+                throughput(cfg, threads, || {
+                    let fresh: Vec<std::sync::Mutex<Vec<K>>> = (0..threads)
+                        .map(|t| {
+                            let base = fresh_base() + t as u64 * 100_000_000;
+                            std::sync::Mutex::new(
+                                (0..cfg.ops as u64 / 10 + 1)
+                                    .map(|j| K::make(base + j))
+                                    .collect(),
+                            )
+                        })
+                        .collect();
+                    timed(threads, |t| {
+                        let mut fresh = std::mem::take(&mut *fresh[t].lock().unwrap()).into_iter();
+                        for (j, &i) in uniform[t * cfg.ops..(t + 1) * cfg.ops].iter().enumerate() {
+                            if j % 10 == 0 {
+                                store.insert(fresh.next().unwrap(), value(j as u64));
+                            } else {
+                                black_box(store.get(&present[i as usize]));
+                            }
+                        }
+                    })
                 })
-                .collect();
-            timed(threads, |t| {
-                let mut fresh = std::mem::take(&mut *fresh[t].lock().unwrap()).into_iter();
-                for (j, &i) in uniform[t * cfg.ops..(t + 1) * cfg.ops].iter().enumerate() {
-                    if j % 10 == 0 {
-                        store.insert(fresh.next().unwrap(), value(j as u64));
-                    } else {
-                        black_box(store.get(&present[i as usize]));
-                    }
-                }
             })
         });
-        record(
-            rows,
-            &format!("mixed 90% get / 10% insert{label}"),
-            threads,
-            peer,
-            Some(mixed),
-        );
     }
 }
 
@@ -237,40 +285,34 @@ fn insert_workloads<K: BenchKey>(cfg: &Config, rows: &mut Vec<Row>, peer: Peer, 
             })
             .collect()
     };
+    let writable = peer.build::<K>(1, false).writable();
     for threads in [1, 2] {
-        let empty = throughput(cfg, threads, || {
-            let store = peer.build::<K>(cfg.ops * threads, false);
-            let took = insert_all(&*store, fresh_keys(threads));
-            drop(store);
-            took
-        });
-        record(
-            rows,
-            &format!("insert fresh, empty{label}"),
-            threads,
-            peer,
-            Some(empty),
-        );
-
-        let full = (peer != Peer::DashMapTtl).then(|| {
-            throughput(cfg, threads, || {
-                let store = peer.build::<K>(FULL_CAPACITY, true);
-                let base = fresh_base();
-                for j in 0..FULL_CAPACITY as u64 {
-                    store.insert(K::make(base + j), value(j));
-                }
-                let took = insert_all(&*store, fresh_keys(threads));
-                drop(store);
-                took
+        let workload = format!("insert fresh, empty{label}");
+        measure(cfg, rows, &workload, threads, peer, || {
+            writable.then(|| {
+                throughput(cfg, threads, || {
+                    let store = peer.build::<K>(cfg.ops * threads, false);
+                    let took = insert_all(&*store, fresh_keys(threads));
+                    drop(store);
+                    took
+                })
             })
         });
-        record(
-            rows,
-            &format!("insert fresh, full {FULL_CAPACITY} (evicts){label}"),
-            threads,
-            peer,
-            full,
-        );
+        let workload = format!("insert fresh, full {FULL_CAPACITY} (evicts){label}");
+        measure(cfg, rows, &workload, threads, peer, || {
+            (writable && peer != Peer::DashMapTtl).then(|| {
+                throughput(cfg, threads, || {
+                    let store = peer.build::<K>(FULL_CAPACITY, true);
+                    let base = fresh_base();
+                    for j in 0..FULL_CAPACITY as u64 {
+                        store.insert(K::make(base + j), value(j));
+                    }
+                    let took = insert_all(&*store, fresh_keys(threads));
+                    drop(store);
+                    took
+                })
+            })
+        });
     }
 }
 
@@ -283,6 +325,10 @@ fn single_flight_workload<K: BenchKey>(
     peer: Peer,
 ) -> Vec<String> {
     let mut notes = Vec::new();
+    let workload = "get_or_compute miss, 50% duplicates";
+    if !cfg.wants(workload) || !peer.build::<K>(1, false).writable() {
+        return notes;
+    }
     for threads in [1, 2] {
         let mut worst_ratio: f64 = 0.0;
         let mops = throughput(cfg, threads, || {
@@ -329,16 +375,71 @@ fn single_flight_workload<K: BenchKey>(
             drop(store);
             took
         });
-        record(
-            rows,
-            "get_or_compute miss, 50% duplicates",
-            threads,
-            peer,
-            Some(mops),
-        );
+        record(rows, workload, threads, peer, Some(mops));
         notes.push(format!("{}: {threads} thread(s): closure runs / distinct keys = {worst_ratio:.4} (worst of runs)", peer.name()));
     }
     notes
+}
+
+/// The idempotency cycle, as each crate's user would write it: claim a
+/// fresh key (it must be free), store the result under it, then claim it
+/// again as a retry does (it must replay the result). One cycle per
+/// operation; the key is cloned for the second claim inside the timing,
+/// for every peer. idemcache uses `claim` → `Reservation::complete` →
+/// `claim`; moka its `entry` API over a `Running`/`Done` record; dashmap
+/// its entry API over the same record with a deadline.
+fn protocol_workload(cfg: &Config, rows: &mut Vec<Row>, peer: Peer) {
+    use common::{ProtocolStore, Record};
+    let workload = "claim → complete → replay (String keys)";
+    if !cfg.wants(workload) {
+        return;
+    }
+    let make = || -> Option<Box<dyn ProtocolStore>> {
+        match peer {
+            Peer::Idemcache => Some(Box::new(
+                idemcache::Cache::<String, common::Value>::builder()
+                    .time_to_live(common::TTL)
+                    .build()
+                    .unwrap(),
+            )),
+            Peer::Moka => Some(Box::new(
+                moka::sync::Cache::<String, Record>::builder()
+                    .time_to_live(common::TTL)
+                    .build(),
+            )),
+            Peer::DashMapTtl => Some(Box::new(
+                dashmap::DashMap::<String, (Record, Instant)>::new(),
+            )),
+            _ => None,
+        }
+    };
+    if make().is_none() {
+        return;
+    }
+    for threads in [1, 2] {
+        let mops = throughput(cfg, threads, || {
+            let store = make().expect("checked above");
+            let fresh: Vec<std::sync::Mutex<Vec<String>>> = (0..threads)
+                .map(|t| {
+                    let base = fresh_base() + t as u64 * 100_000_000;
+                    std::sync::Mutex::new(
+                        (0..cfg.ops as u64)
+                            .map(|j| <String as BenchKey>::make(base + j))
+                            .collect(),
+                    )
+                })
+                .collect();
+            let v = value(7);
+            let took = timed(threads, |t| {
+                for key in std::mem::take(&mut *fresh[t].lock().unwrap()) {
+                    black_box(store.cycle(key, &v));
+                }
+            });
+            drop(store);
+            took
+        });
+        record(rows, workload, threads, peer, Some(mops));
+    }
 }
 
 /// `get` latency on live keys while the reaper purges 1M expired entries,
@@ -403,11 +504,13 @@ fn main() {
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(3),
+        peers: list_var("COMPARE_PEERS"),
+        only: list_var("COMPARE_ONLY"),
     };
     let started = Instant::now();
     let mut rows = Vec::new();
     let mut notes = Vec::new();
-    for peer in Peer::ALL {
+    for peer in Peer::ALL.into_iter().filter(|&p| cfg.runs(p)) {
         eprintln!(
             "[{:>5.0} s] {}",
             started.elapsed().as_secs_f64(),
@@ -425,8 +528,9 @@ fn main() {
         insert_workloads::<String>(&cfg, &mut rows, peer, "");
         insert_workloads::<u64>(&cfg, &mut rows, peer, " (u64 keys)");
         notes.extend(single_flight_workload::<String>(&cfg, &mut rows, peer));
+        protocol_workload(&cfg, &mut rows, peer);
     }
-    let reaper = reaper_latency();
+    let reaper = (cfg.runs(Peer::Idemcache) && cfg.wants("reaper")).then(reaper_latency);
 
     println!("\n## idemcache / peer throughput ratios (one run; > 1 means idemcache is faster)\n");
     println!(
@@ -473,6 +577,8 @@ fn main() {
     for note in notes {
         println!("- {note}");
     }
-    println!("\n## Reaper\n\n{reaper}");
+    if let Some(reaper) = reaper {
+        println!("\n## Reaper\n\n{reaper}");
+    }
     eprintln!("done in {:.0} s", started.elapsed().as_secs_f64());
 }

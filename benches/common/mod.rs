@@ -88,6 +88,17 @@ pub fn indices(n: usize, count: usize, skewed: bool, seed: u64) -> Vec<u32> {
 
 /// A cache under test, behind the operations the workloads need.
 pub trait Store<K>: Send + Sync {
+    /// Loads `items` before a workload (inserts, unless the store is built
+    /// once and then only read).
+    fn preload(&mut self, items: Vec<(K, Value)>) {
+        for (key, value) in items {
+            self.insert(key, value);
+        }
+    }
+    /// Whether the workloads may write (the reference map is read-only).
+    fn writable(&self) -> bool {
+        true
+    }
     fn get(&self, key: &K) -> Option<Value>;
     fn insert(&self, key: K, value: Value);
     /// The crate's single-flight API (or the closest thing it has).
@@ -102,15 +113,19 @@ pub enum Peer {
     MiniMoka,
     QuickCache,
     DashMapTtl,
+    /// Not a cache: a plain hashbrown map of `(value, deadline)` read
+    /// against a coarse clock, the limit a locked sharded map approaches.
+    Reference,
 }
 
 impl Peer {
-    pub const ALL: [Peer; 5] = [
+    pub const ALL: [Peer; 6] = [
         Peer::Idemcache,
         Peer::Moka,
         Peer::MiniMoka,
         Peer::QuickCache,
         Peer::DashMapTtl,
+        Peer::Reference,
     ];
 
     pub fn name(self) -> &'static str {
@@ -120,6 +135,7 @@ impl Peer {
             Peer::MiniMoka => "mini-moka",
             Peer::QuickCache => "quick_cache",
             Peer::DashMapTtl => "dashmap+ttl",
+            Peer::Reference => "hashbrown ref",
         }
     }
 
@@ -158,6 +174,7 @@ impl Peer {
             }
             // No capacity hint: idemcache, moka and mini-moka get none either.
             Peer::DashMapTtl => Box::new(DashTtl::<K>(dashmap::DashMap::new())),
+            Peer::Reference => Box::new(Reference::<K>(hashbrown::HashMap::default())),
         }
     }
 }
@@ -240,6 +257,121 @@ impl<K: BenchKey> Store<K> for DashTtl<K> {
             *entry = (compute(), now + TTL);
         }
         entry.0.clone()
+    }
+}
+
+/// A record of the idempotency cycle for crates without a protocol: a
+/// request in progress, or its stored result.
+#[derive(Clone)]
+pub enum Record {
+    Running,
+    Done(Value),
+}
+
+/// The claim → complete → replay cycle (see `protocol_workload`).
+pub trait ProtocolStore: Send + Sync {
+    /// Claims the fresh `key`, stores `result` under it, claims it again
+    /// and returns the replayed result.
+    fn cycle(&self, key: String, result: &Value) -> Value;
+}
+
+impl ProtocolStore for idemcache::Cache<String, Value> {
+    fn cycle(&self, key: String, result: &Value) -> Value {
+        use idemcache::Claim;
+        let Claim::Acquired(reservation) = self.claim(key.clone(), None) else {
+            panic!("a fresh key is free");
+        };
+        reservation
+            .complete(result.clone())
+            .expect("the holder completes");
+        match self.claim(key, None) {
+            Claim::Completed(replay) => replay.into_value(),
+            _ => panic!("a completed key replays"),
+        }
+    }
+}
+
+impl ProtocolStore for moka::sync::Cache<String, Record> {
+    fn cycle(&self, key: String, result: &Value) -> Value {
+        let claimed = self.entry(key.clone()).or_insert_with(|| Record::Running);
+        assert!(claimed.is_fresh(), "a fresh key is free");
+        self.insert(key.clone(), Record::Done(result.clone()));
+        match self
+            .entry(key)
+            .or_insert_with(|| Record::Running)
+            .into_value()
+        {
+            Record::Done(value) => value,
+            Record::Running => panic!("a completed key replays"),
+        }
+    }
+}
+
+impl ProtocolStore for dashmap::DashMap<String, (Record, Instant)> {
+    fn cycle(&self, key: String, result: &Value) -> Value {
+        use dashmap::mapref::entry::Entry;
+        let now = Instant::now();
+        match self.entry(key.clone()) {
+            Entry::Vacant(free) => {
+                free.insert((Record::Running, now + Duration::from_secs(30)));
+            }
+            Entry::Occupied(_) => panic!("a fresh key is free"),
+        }
+        self.insert(
+            key.clone(),
+            (Record::Done(result.clone()), Instant::now() + TTL),
+        );
+        match self.entry(key) {
+            Entry::Occupied(held) if Instant::now() < held.get().1 => match &held.get().0 {
+                Record::Done(value) => value.clone(),
+                Record::Running => panic!("a completed key replays"),
+            },
+            _ => panic!("a completed key replays"),
+        }
+    }
+}
+
+/// Nanoseconds since the first call, advanced by a thread every
+/// millisecond: the cheapest clock a TTL check can read (one relaxed load).
+pub fn coarse_now() -> u64 {
+    static NOW: AtomicU64 = AtomicU64::new(0);
+    static TICKER: std::sync::Once = std::sync::Once::new();
+    TICKER.call_once(|| {
+        let start = Instant::now();
+        std::thread::spawn(move || {
+            loop {
+                std::thread::sleep(Duration::from_millis(1));
+                NOW.store(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            }
+        });
+    });
+    NOW.load(Ordering::Relaxed)
+}
+
+/// The reference column: one `hashbrown::HashMap` (ahash, as idemcache
+/// uses) of `(value, deadline)`, loaded once and then read through `&self`
+/// with the deadline checked against [`coarse_now`]. No lock, no shards,
+/// no counters: what a lookup costs when nothing else is paid for.
+pub struct Reference<K: BenchKey>(hashbrown::HashMap<K, (Value, u64), ahash::RandomState>);
+
+impl<K: BenchKey> Store<K> for Reference<K> {
+    fn preload(&mut self, items: Vec<(K, Value)>) {
+        let deadline = coarse_now() + TTL.as_nanos() as u64;
+        self.0
+            .extend(items.into_iter().map(|(k, v)| (k, (v, deadline))));
+    }
+    fn writable(&self) -> bool {
+        false
+    }
+    fn get(&self, key: &K) -> Option<Value> {
+        let (value, deadline) = self.0.get(key)?;
+        (coarse_now() < *deadline).then(|| value.clone())
+    }
+    fn insert(&self, _: K, _: Value) {
+        unreachable!("the reference map is read-only: workloads check `writable`")
+    }
+    fn get_or_compute(&self, key: K, compute: &(dyn Fn() -> Value + Sync)) -> Value {
+        self.get(&key).unwrap_or_else(compute)
     }
 }
 

@@ -1,10 +1,10 @@
 //! A shard's stored entries: a dense slab of entries with a hash index of
 //! slot numbers.
 //!
-//! The index (`hashbrown::HashTable<u32>`) holds 4-byte slot numbers
-//! instead of whole entries, so its load-factor slack (hashbrown grows at
-//! 87.5% full, so a table just past a doubling is half empty) costs 4 bytes
-//! a slot, not an entry's size; entries sit in a `Vec` whose free slots are
+//! The index ([`SlotIndex`], one cache line per 12 buckets) holds 4-byte
+//! slot numbers instead of whole entries, so its load-factor slack (it
+//! grows at 87.5% full, so a table just past a doubling is half empty)
+//! costs about 5 bytes a slot, not an entry's size; entries sit in a `Vec` whose free slots are
 //! reused, and which a purge compacts once it is at most a quarter full.
 //! That takes the per-entry overhead at 1M String keys from 194 to 94 bytes
 //! (see the README's memory table). Fingerprints, which only protocol
@@ -14,10 +14,10 @@
 use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash};
 
-use hashbrown::HashTable;
-
 use crate::Fingerprint;
 use crate::clock::CacheTime;
+
+use super::index::SlotIndex;
 
 /// A stored value and when it stops being returned.
 pub(crate) struct Entry<K, V> {
@@ -37,7 +37,7 @@ pub(crate) struct Entries<K, V> {
     slab: Vec<Option<Entry<K, V>>>,
     /// Empty slots of `slab`, reused before it grows.
     free: Vec<Slot>,
-    index: HashTable<Slot>,
+    index: SlotIndex,
     /// Fingerprints by slot; empty until a fingerprinted entry is stored.
     fingerprints: Vec<Option<Fingerprint>>,
 }
@@ -47,7 +47,7 @@ impl<K, V> Entries<K, V> {
         Self {
             slab: Vec::new(),
             free: Vec::new(),
-            index: HashTable::new(),
+            index: SlotIndex::new(),
             fingerprints: Vec::new(),
         }
     }
@@ -74,13 +74,11 @@ impl<K, V> Entries<K, V> {
         Q: Eq + ?Sized,
     {
         let slab = &self.slab;
-        self.index
-            .find(hash, |&slot| {
-                slab[slot as usize]
-                    .as_ref()
-                    .is_some_and(|e| e.key.borrow() == key)
-            })
-            .copied()
+        self.index.find(hash, |slot| {
+            slab[slot as usize]
+                .as_ref()
+                .is_some_and(|e| e.key.borrow() == key)
+        })
     }
 
     /// The entry in `slot`, which must be occupied.
@@ -145,11 +143,8 @@ impl<K, V> Entries<K, V> {
 
     /// Removes the entry in `slot`, whose key hashes to `hash`.
     pub(crate) fn remove(&mut self, slot: Slot, hash: u64) -> Entry<K, V> {
-        let indexed = self
-            .index
-            .find_entry(hash, |&s| s == slot)
-            .map(|found| found.remove());
-        debug_assert!(indexed.is_ok(), "every stored entry is indexed");
+        let indexed = self.index.remove(hash, slot);
+        debug_assert!(indexed, "every stored entry is indexed");
         let entry = self.slab[slot as usize]
             .take()
             .expect("removed slots are occupied");
@@ -161,7 +156,7 @@ impl<K, V> Entries<K, V> {
     /// Removes every entry, returning the slab to drop after unlocking;
     /// the index, free list and fingerprints give their memory back too.
     pub(crate) fn take_all(&mut self) -> Vec<Option<Entry<K, V>>> {
-        self.index = HashTable::new();
+        self.index = SlotIndex::new();
         self.free = Vec::new();
         self.fingerprints = Vec::new();
         std::mem::take(&mut self.slab)
@@ -175,7 +170,7 @@ impl<K: Hash, V> Entries<K, V> {
     /// bound, say): a panic here leaves everything as it was.
     pub(crate) fn reserve_one<S: BuildHasher>(&mut self, hasher: &S) {
         let slab = &self.slab;
-        self.index.reserve(1, |&s| {
+        self.index.reserve_one(|s| {
             hasher.hash_one(
                 &slab[s as usize]
                     .as_ref()
@@ -188,17 +183,12 @@ impl<K: Hash, V> Entries<K, V> {
     /// Stores a new entry (its key must not be stored yet). The caller
     /// has called [`reserve_one`](Self::reserve_one), so the index does not
     /// grow here and no user code runs once the slab has changed.
-    pub(crate) fn insert<S: BuildHasher>(
+    pub(crate) fn insert(
         &mut self,
         hash: u64,
         entry: Entry<K, V>,
         fingerprint: Option<Fingerprint>,
-        hasher: &S,
     ) -> Slot {
-        debug_assert!(
-            self.index.capacity() > self.index.len(),
-            "reserve_one is called before insert"
-        );
         let slot = match self.free.pop() {
             Some(slot) => {
                 self.slab[slot as usize] = Some(entry);
@@ -210,15 +200,7 @@ impl<K: Hash, V> Entries<K, V> {
             }
         };
 
-        let slab = &self.slab;
-        self.index.insert_unique(hash, slot, |&s| {
-            hasher.hash_one(
-                &slab[s as usize]
-                    .as_ref()
-                    .expect("indexed slots are occupied")
-                    .key,
-            )
-        });
+        self.index.insert_unique(hash, slot);
         self.set_fingerprint(slot, fingerprint);
         slot
     }
@@ -243,9 +225,9 @@ impl<K: Hash, V> Entries<K, V> {
                 slab.push(Some(entry));
             }
         }
-        let mut index = HashTable::with_capacity(hashes.len());
+        let mut index = SlotIndex::with_capacity(hashes.len());
         for (slot, &hash) in hashes.iter().enumerate() {
-            index.insert_unique(hash, slot as Slot, |&s| hashes[s as usize]);
+            index.insert_unique(hash, slot as Slot);
         }
         self.slab = slab;
         self.index = index;

@@ -3,6 +3,7 @@
 //! | part | file | what it is |
 //! |---|---|---|
 //! | entries | `entries.rs` | a dense slab of `(key, value, deadline, seq)` behind a hash index of slot numbers |
+//! | index | `index.rs` | that hash index: one cache line per 12 slot numbers and their tags |
 //! | deadline queue | `queue.rs` | a min-heap of `(deadline, seq, slot)` with lazy deletion |
 //! | flight table | `flights.rs` | keys with a computation or claim in progress |
 //! | graveyard | `graveyard.rs` | what an operation displaced, dropped after unlocking |
@@ -19,6 +20,7 @@
 mod entries;
 mod flights;
 mod graveyard;
+mod index;
 mod queue;
 
 use std::borrow::Borrow;
@@ -984,7 +986,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
             deadline: write.deadline,
             seq,
         };
-        let slot = self.entries.insert(hash, entry, fingerprint, ctx.hasher);
+        let slot = self.entries.insert(hash, entry, fingerprint);
         self.stats.inserts += 1;
         self.push_due(Due {
             deadline: write.deadline,
@@ -1048,9 +1050,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
                     deadline: record.deadline,
                     seq,
                 };
-                let slot = self
-                    .entries
-                    .insert(hash, entry, record.fingerprint, ctx.hasher);
+                let slot = self.entries.insert(hash, entry, record.fingerprint);
                 (slot, seq)
             }
         };
