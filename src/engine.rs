@@ -200,11 +200,10 @@ impl<K, V, S> Engine<K, V, S> {
         system_time_after(self.system_now(), self.now().until(at))
     }
 
-    fn ctx(&self, now: CacheTime) -> Ctx<'_, S> {
+    fn ctx(&self, now: CacheTime) -> Ctx<'_> {
         Ctx {
             now,
             capacity: self.capacity.as_ref(),
-            hasher: &self.hasher,
         }
     }
 
@@ -512,7 +511,7 @@ where
                 if !reclaimed.more_due {
                     // Give a slab that the purge left mostly empty back to
                     // the allocator.
-                    self.touch_shard(index, |shard| shard.compact(&self.hasher));
+                    self.touch_shard(index, |shard| shard.compact());
                     break;
                 }
                 if stop() {

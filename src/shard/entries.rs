@@ -12,7 +12,6 @@
 //! slab slot) once a shard stores its first one.
 
 use std::borrow::Borrow;
-use std::hash::{BuildHasher, Hash};
 
 use crate::Fingerprint;
 use crate::clock::CacheTime;
@@ -28,6 +27,11 @@ pub(crate) struct Entry<K, V> {
     /// Which write produced this version of the entry: a per-shard counter
     /// (wrapping after 2³² writes), matched by the deadline queue.
     pub(crate) seq: u32,
+    /// The low half of the key's hash, all the index uses: kept (in what
+    /// would be padding) so that growing the index, compacting the slab and
+    /// removing expired entries never hash a key again — no user code, and
+    /// no cache miss on the key's bytes.
+    pub(crate) hash: u32,
 }
 
 /// A slot number in the slab.
@@ -74,7 +78,7 @@ impl<K, V> Entries<K, V> {
         Q: Eq + ?Sized,
     {
         let slab = &self.slab;
-        self.index.find(hash, |slot| {
+        self.index.find(hash as u32, |slot| {
             slab[slot as usize]
                 .as_ref()
                 .is_some_and(|e| e.key.borrow() == key)
@@ -141,13 +145,13 @@ impl<K, V> Entries<K, V> {
             .filter_map(|(slot, e)| e.as_ref().map(|e| (slot as Slot, e)))
     }
 
-    /// Removes the entry in `slot`, whose key hashes to `hash`.
-    pub(crate) fn remove(&mut self, slot: Slot, hash: u64) -> Entry<K, V> {
-        let indexed = self.index.remove(hash, slot);
-        debug_assert!(indexed, "every stored entry is indexed");
+    /// Removes the entry in `slot`, which must be occupied.
+    pub(crate) fn remove(&mut self, slot: Slot) -> Entry<K, V> {
         let entry = self.slab[slot as usize]
             .take()
             .expect("removed slots are occupied");
+        let indexed = self.index.remove(entry.hash, slot);
+        debug_assert!(indexed, "every stored entry is indexed");
         self.set_fingerprint(slot, None);
         self.free.push(slot);
         entry
@@ -163,32 +167,24 @@ impl<K, V> Entries<K, V> {
     }
 }
 
-impl<K: Hash, V> Entries<K, V> {
-    /// Makes room in the index for one more entry. Growing the index
-    /// hashes the stored keys (user code, which may panic), so callers do
-    /// this before anything else changes (before taking a unit of the
-    /// bound, say): a panic here leaves everything as it was.
-    pub(crate) fn reserve_one<S: BuildHasher>(&mut self, hasher: &S) {
+impl<K, V> Entries<K, V> {
+    /// Makes room in the index for one more entry (rebuilding it from the
+    /// stored hashes if it has none).
+    pub(crate) fn reserve_one(&mut self) {
         let slab = &self.slab;
         self.index.reserve_one(|s| {
-            hasher.hash_one(
-                &slab[s as usize]
-                    .as_ref()
-                    .expect("indexed slots are occupied")
-                    .key,
-            )
+            slab[s as usize]
+                .as_ref()
+                .expect("indexed slots are occupied")
+                .hash
         });
     }
 
     /// Stores a new entry (its key must not be stored yet). The caller
     /// has called [`reserve_one`](Self::reserve_one), so the index does not
-    /// grow here and no user code runs once the slab has changed.
-    pub(crate) fn insert(
-        &mut self,
-        hash: u64,
-        entry: Entry<K, V>,
-        fingerprint: Option<Fingerprint>,
-    ) -> Slot {
+    /// grow here.
+    pub(crate) fn insert(&mut self, entry: Entry<K, V>, fingerprint: Option<Fingerprint>) -> Slot {
+        let hash = entry.hash;
         let slot = match self.free.pop() {
             Some(slot) => {
                 self.slab[slot as usize] = Some(entry);
@@ -206,14 +202,14 @@ impl<K: Hash, V> Entries<K, V> {
     }
 
     /// Packs the entries into a new, dense slab when at most a quarter of a
-    /// slab of 64 slots or more is occupied, and rebuilds the index. Every
-    /// key is hashed (user code) before anything changes. Returns whether
-    /// slots moved: anything holding slot numbers must then be rebuilt.
-    pub(crate) fn compact_if_sparse<S: BuildHasher>(&mut self, hasher: &S) -> bool {
+    /// slab of 64 slots or more is occupied, and rebuilds the index.
+    /// Returns whether slots moved: anything holding slot numbers must then
+    /// be rebuilt.
+    pub(crate) fn compact_if_sparse(&mut self) -> bool {
         if self.slab.len() < 64 || self.len() * 4 > self.slab.len() {
             return false;
         }
-        let hashes: Vec<u64> = self.iter().map(|(_, e)| hasher.hash_one(&e.key)).collect();
+        let hashes: Vec<u32> = self.iter().map(|(_, e)| e.hash).collect();
         let mut slab = Vec::with_capacity(hashes.len());
         let mut fingerprints = Vec::new();
         for (old, entry) in std::mem::take(&mut self.slab).into_iter().enumerate() {
@@ -234,5 +230,19 @@ impl<K: Hash, V> Entries<K, V> {
         self.fingerprints = fingerprints;
         self.free = Vec::new();
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kept_hash_fits_in_what_was_padding() {
+        // A String key (24) + an Arc (8) + deadline (8) + seq (4) + hash (4).
+        assert_eq!(
+            std::mem::size_of::<Option<Entry<String, std::sync::Arc<u64>>>>(),
+            48
+        );
     }
 }

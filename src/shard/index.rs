@@ -23,9 +23,10 @@
 //!   rebuilt (at the same size when deletions filled it, doubled when
 //!   entries did).
 //!
-//! Rebuilding needs each stored key's hash, which the caller computes
-//! (user `Hash` code, which may panic): the new table is complete before
-//! it replaces the old one, so a panic leaves the index as it was.
+//! Hashes are the low 32 bits of the key's hash (the entries keep them, so
+//! a rebuild hashes no key). Rebuilding asks the caller for each stored
+//! slot's hash; the new table is complete before it replaces the old one,
+//! so a panic leaves the index as it was.
 
 /// Buckets per group: 16 tag bytes (the last four padding) and 12 slot
 /// numbers fill 64 bytes.
@@ -99,11 +100,11 @@ fn zero_bytes(word: u64) -> u32 {
     (found.wrapping_mul(0x0002_0408_1020_4081) >> 56) as u32
 }
 
-/// The tag stored for `hash`: bits 32..40, which neither the group
-/// position (low bits) nor the shard choice (top bits) uses.
+/// The tag stored for `hash`: its top byte, which the group position
+/// (low bits) does not use below 2²⁴ groups.
 #[inline]
-fn tag_of(hash: u64) -> u8 {
-    let tag = (hash >> 32) as u8;
+fn tag_of(hash: u32) -> u8 {
+    let tag = (hash >> 24) as u8;
     if tag <= DELETED { tag | 2 } else { tag }
 }
 
@@ -115,7 +116,7 @@ struct Probe {
 }
 
 impl Probe {
-    fn new(hash: u64, mask: usize) -> Self {
+    fn new(hash: u32, mask: usize) -> Self {
         Self {
             position: hash as usize & mask,
             stride: 0,
@@ -181,7 +182,7 @@ impl SlotIndex {
 
     /// The slot among those indexed under `hash` for which `is_key` holds.
     #[inline]
-    pub(crate) fn find(&self, hash: u64, mut is_key: impl FnMut(u32) -> bool) -> Option<u32> {
+    pub(crate) fn find(&self, hash: u32, mut is_key: impl FnMut(u32) -> bool) -> Option<u32> {
         if self.groups.is_empty() {
             return None;
         }
@@ -207,7 +208,7 @@ impl SlotIndex {
 
     /// Indexes `slot` under `hash`. The caller has made room
     /// ([`reserve_one`](Self::reserve_one)) and knows the key is not indexed.
-    pub(crate) fn insert_unique(&mut self, hash: u64, slot: u32) {
+    pub(crate) fn insert_unique(&mut self, hash: u32, slot: u32) {
         assert!(self.has_room(), "reserve_one is called before insert");
         let mut probe = Probe::new(hash, self.groups.len() - 1);
         let mut position = probe.position;
@@ -229,7 +230,7 @@ impl SlotIndex {
     }
 
     /// Removes `slot` from under `hash`; whether it was indexed.
-    pub(crate) fn remove(&mut self, hash: u64, slot: u32) -> bool {
+    pub(crate) fn remove(&mut self, hash: u32, slot: u32) -> bool {
         if self.groups.is_empty() {
             return false;
         }
@@ -265,7 +266,7 @@ impl SlotIndex {
     /// at the same size when removals used up the room, doubled when
     /// entries did. `hash_of(slot)` gives a stored slot's key hash; if it
     /// panics, the index is unchanged.
-    pub(crate) fn reserve_one(&mut self, hash_of: impl FnMut(u32) -> u64) {
+    pub(crate) fn reserve_one(&mut self, hash_of: impl FnMut(u32) -> u32) {
         if self.has_room() {
             return;
         }
@@ -286,7 +287,7 @@ impl SlotIndex {
     fn rebuild(
         slots: impl Iterator<Item = u32>,
         entries: usize,
-        mut hash_of: impl FnMut(u32) -> u64,
+        mut hash_of: impl FnMut(u32) -> u32,
     ) -> Self {
         let mut index = Self::with_capacity(entries);
         for slot in slots {
@@ -317,8 +318,8 @@ mod tests {
 
     /// Hashes that crowd a few groups and share tags, to exercise probing
     /// past full groups and tag collisions.
-    fn crowded(slot: u32) -> u64 {
-        u64::from(slot % 5) | (u64::from(slot % 3) << 32)
+    fn crowded(slot: u32) -> u32 {
+        (slot % 5) | ((slot % 3) << 24)
     }
 
     #[test]
@@ -338,8 +339,8 @@ mod tests {
 
     #[test]
     fn tags_avoid_the_reserved_bytes() {
-        for byte in 0..=255u64 {
-            assert!(tag_of(byte << 32) > DELETED);
+        for byte in 0..=255u32 {
+            assert!(tag_of(byte << 24) > DELETED);
         }
     }
 
@@ -361,7 +362,7 @@ mod tests {
     #[test]
     fn removals_free_room_and_keep_other_slots_findable() {
         let mut index = SlotIndex::new();
-        let mut model: HashMap<u32, u64> = HashMap::new();
+        let mut model: HashMap<u32, u32> = HashMap::new();
         let rounds = if cfg!(miri) { 300 } else { 20_000 };
         let mut next = 0u32;
         let mut state = 7u64;
