@@ -1093,7 +1093,6 @@ mod tests {
 
     #[test]
     fn eviction_skips_stale_items_and_takes_the_soonest_live_entry() {
-        let h = hasher();
         let mut shard = TestShard::new();
         put(&mut shard, 1, 10, 0);
         put(&mut shard, 2, 20, 0);
@@ -1243,7 +1242,6 @@ mod tests {
 
     #[test]
     fn reclaim_budget_counts_items_not_entries() {
-        let h = hasher();
         let mut shard = TestShard::new();
         for key in 0..10 {
             put(&mut shard, key, 5, 0);
