@@ -91,9 +91,9 @@ impl PartialEq for Tracked {
     }
 }
 
-/// A key whose `Hash` panics for key 0 while [`FRAGILE_HASH`] is set:
-/// stored while it is clear, key 0 then makes every growth of its shard's
-/// index panic (growing rehashes the stored keys).
+/// A key whose `Hash` panics for key 0 while [`FRAGILE_HASH`] is set: a
+/// stored key 0 shows which operations hash stored keys (none may, beyond
+/// the caller's own key).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FragileKey(pub u64);
 
