@@ -27,10 +27,10 @@ const FULL_CAPACITY: usize = 100_000;
 struct Config {
     ops: usize,
     reps: usize,
-    /// `COMPARE_PEERS`: peer names to run (comma-separated; all if unset).
+    /// `COMPARE_PEERS`: peer names to run (`|`-separated; all if unset).
     peers: Option<Vec<String>>,
     /// `COMPARE_ONLY`: run the workloads whose name contains one of these
-    /// (comma-separated; all if unset). For A/B runs while iterating.
+    /// (`|`-separated; all if unset). For A/B runs while iterating.
     only: Option<Vec<String>>,
 }
 
@@ -50,7 +50,7 @@ impl Config {
 
 fn list_var(name: &str) -> Option<Vec<String>> {
     let value = std::env::var(name).ok()?;
-    Some(value.split(',').map(|s| s.trim().to_string()).collect())
+    Some(value.split('|').map(|s| s.trim().to_string()).collect())
 }
 
 struct Row {

@@ -448,7 +448,9 @@ where
     /// making room or refusing when the cache is full.
     fn write(&self, hash: u64, key: WriteKey<'_, K, V>, value: V, ttl: Span) -> Stored<V> {
         let index = self.shard_index(hash);
-        let mut now = self.now();
+        // Read under the lock, at every attempt (a write that waited for
+        // the lock or for room gets its deadline from when it is stored).
+        let mut now = CacheTime::from_nanos(0);
         let write = Write {
             hash,
             key,

@@ -172,11 +172,10 @@ impl<K, V> Entries<K, V> {
     /// stored hashes if it has none).
     pub(crate) fn reserve_one(&mut self) {
         let slab = &self.slab;
-        self.index.reserve_one(|s| {
-            slab[s as usize]
-                .as_ref()
-                .expect("indexed slots are occupied")
-                .hash
+        self.index.reserve_one(|| {
+            slab.iter()
+                .enumerate()
+                .filter_map(|(slot, e)| e.as_ref().map(|e| (e.hash, slot as Slot)))
         });
     }
 

@@ -264,36 +264,22 @@ impl SlotIndex {
 
     /// Makes room for one more slot, rebuilding the table if it has none:
     /// at the same size when removals used up the room, doubled when
-    /// entries did. `hash_of(slot)` gives a stored slot's key hash; if it
-    /// panics, the index is unchanged.
-    pub(crate) fn reserve_one(&mut self, hash_of: impl FnMut(u32) -> u32) {
+    /// entries did. `stored()` lists every indexed `(hash, slot)` (in slab
+    /// order, so the rebuild reads the slab front to back); if it panics,
+    /// the index is unchanged.
+    pub(crate) fn reserve_one<I>(&mut self, stored: impl FnOnce() -> I)
+    where
+        I: Iterator<Item = (u32, u32)>,
+    {
         if self.has_room() {
             return;
         }
-        let rebuilt = Self::rebuild(self.slots(), self.len + 1, hash_of);
-        *self = rebuilt;
-    }
-
-    /// The indexed slots, in table order.
-    fn slots(&self) -> impl Iterator<Item = u32> + '_ {
-        self.groups.iter().flat_map(|group| {
-            (0..GROUP)
-                .filter(|&b| group.tags[b] > DELETED)
-                .map(|b| group.slots[b])
-        })
-    }
-
-    /// A table holding `slots`, with room for `entries` in all.
-    fn rebuild(
-        slots: impl Iterator<Item = u32>,
-        entries: usize,
-        mut hash_of: impl FnMut(u32) -> u32,
-    ) -> Self {
-        let mut index = Self::with_capacity(entries);
-        for slot in slots {
-            index.insert_unique(hash_of(slot), slot);
+        let mut rebuilt = Self::with_capacity(self.len + 1);
+        for (hash, slot) in stored() {
+            rebuilt.insert_unique(hash, slot);
         }
-        index
+        debug_assert_eq!(rebuilt.len, self.len, "every indexed slot is listed");
+        *self = rebuilt;
     }
 }
 
@@ -349,7 +335,7 @@ mod tests {
         let mut index = SlotIndex::new();
         let n = if cfg!(miri) { 60 } else { 2_000 };
         for slot in 0..n {
-            index.reserve_one(crowded);
+            index.reserve_one(|| (0..slot).map(|s| (crowded(s), s)));
             index.insert_unique(crowded(slot), slot);
         }
         assert_eq!(index.len(), n as usize);
@@ -379,7 +365,7 @@ mod tests {
                 assert!(!index.remove(crowded(victim), victim), "removed once");
                 model.remove(&victim);
             } else {
-                index.reserve_one(crowded);
+                index.reserve_one(|| model.iter().map(|(&s, &h)| (h, s)));
                 index.insert_unique(crowded(next), next);
                 model.insert(next, crowded(next));
                 next += 1;
@@ -395,7 +381,7 @@ mod tests {
     }
 
     #[test]
-    fn a_panicking_hash_leaves_the_index_unchanged() {
+    fn a_panicking_listing_leaves_the_index_unchanged() {
         let mut index = SlotIndex::with_capacity(1);
         let mut slot = 0;
         while index.has_room() {
@@ -403,7 +389,7 @@ mod tests {
             slot += 1;
         }
         let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            index.reserve_one(|_| panic!("planted panic in Hash"));
+            index.reserve_one(|| (0..slot).map(|_| -> (u32, u32) { panic!("planted panic") }));
         }));
         assert!(unwound.is_err());
         assert!(slot > 0);
