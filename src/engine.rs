@@ -79,8 +79,11 @@ pub(crate) struct Engine<K, V, S> {
 
 /// How a write ended.
 pub(crate) enum Stored<V> {
-    /// Stored, live until `expires_at`.
-    Yes { expires_at: CacheTime },
+    /// Stored at `now`, live until `expires_at`.
+    Yes {
+        now: CacheTime,
+        expires_at: CacheTime,
+    },
     /// Not stored (waiters still receive the value: it expires at once,
     /// at `now`).
     No { now: CacheTime, reason: NotStored },
@@ -197,7 +200,13 @@ impl<K, V, S> Engine<K, V, S> {
 
     /// The wall-clock time of cache time `at`.
     pub(crate) fn system_time_of(&self, at: CacheTime) -> SystemTime {
-        system_time_after(self.system_now(), self.now().until(at))
+        self.system_time_from(self.now(), at)
+    }
+
+    /// [`system_time_of`](Self::system_time_of) with the cache time just
+    /// read (one clock read fewer).
+    pub(crate) fn system_time_from(&self, now: CacheTime, at: CacheTime) -> SystemTime {
+        system_time_after(self.system_now(), now.until(at))
     }
 
     fn ctx(&self, now: CacheTime) -> Ctx<'_> {
@@ -466,6 +475,7 @@ where
         });
         match written {
             Ok(WriteResult::Stored) => Stored::Yes {
+                now,
                 expires_at: now.after(ttl),
             },
             Ok(WriteResult::Invalidated) => Stored::No {
@@ -601,7 +611,7 @@ where
         V: Clone,
     {
         let index = self.shard_index(request.hash);
-        let mut now = self.now();
+        let mut now = CacheTime::from_nanos(0); // read under the lock
         let claimed = self.admit(index, true, request, |mut request| {
             self.with_shard(index, |shard, grave| {
                 now = self.now();
@@ -669,7 +679,7 @@ where
         // gives the flight up.
         let stored = self.write(hash, WriteKey::Flight(flight), value.clone(), ttl);
         let expires_at = match &stored {
-            Stored::Yes { expires_at } => *expires_at,
+            Stored::Yes { expires_at, .. } => *expires_at,
             Stored::No { now, .. } => *now,
             Stored::Fenced(_) => {
                 self.touch_shard(self.shard_index(hash), |shard| shard.stats.fenced += 1);

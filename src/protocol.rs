@@ -118,13 +118,15 @@ impl<V> Replay<V> {
         }
     }
 
+    /// A replay of a record found at `now`.
     fn new<K, S>(
         engine: &Engine<K, V, S>,
+        now: CacheTime,
         value: V,
         expires_at: CacheTime,
         fingerprint: Option<Fingerprint>,
     ) -> Self {
-        let expires_in = engine.now().until(expires_at);
+        let expires_in = now.until(expires_at);
         Replay {
             value,
             expires_in,
@@ -416,6 +418,7 @@ impl<K, V: Clone, S> Pending<K, V, S> {
         match ended {
             Ended::Completed(value, expires_at) => Waited::Completed(Replay::new(
                 &self.engine,
+                self.engine.now(),
                 value,
                 expires_at,
                 self.flight.fingerprint,
@@ -769,8 +772,8 @@ where
         let stored = guard.complete(&value, ttl);
         drop(key);
         match stored {
-            Stored::Yes { expires_at } => Ok(Completion::Stored {
-                expires_at: engine.system_time_of(expires_at),
+            Stored::Yes { now, expires_at } => Ok(Completion::Stored {
+                expires_at: engine.system_time_from(now, expires_at),
             }),
             Stored::No { reason, .. } => Ok(Completion::NotStored(reason)),
             Stored::Fenced(_) => Err(StaleReservation { token, value }),
@@ -998,7 +1001,7 @@ where
             claim_id,
             lease_deadline: CacheTime::NEVER, // set under the lock
         };
-        let Ok((found, _now)) = engine.claim(request) else {
+        let Ok((found, now)) = engine.claim(request) else {
             return (Claim::Full, false);
         };
         let claim = match found {
@@ -1006,7 +1009,7 @@ where
                 value,
                 expires_at,
                 fingerprint,
-            } => Claim::Completed(Replay::new(engine, value, expires_at, fingerprint)),
+            } => Claim::Completed(Replay::new(engine, now, value, expires_at, fingerprint)),
             ClaimLookup::Mismatch => Claim::Mismatch,
             ClaimLookup::InProgress(flight) => Claim::InProgress(Pending {
                 engine: Arc::clone(engine),

@@ -61,8 +61,8 @@ where
             .ok_or(Fenced::new(token))?;
         let ttl = retention.map_or(engine.ttl(), Span::from_duration);
         match engine.complete_flight(hash, &flight, &value, ttl) {
-            Stored::Yes { expires_at } => Ok(Completion::Stored {
-                expires_at: engine.system_time_of(expires_at),
+            Stored::Yes { now, expires_at } => Ok(Completion::Stored {
+                expires_at: engine.system_time_from(now, expires_at),
             }),
             Stored::No { reason, .. } => Ok(Completion::NotStored(reason)),
             Stored::Fenced(_) => Err(Fenced::new(token).into()),
