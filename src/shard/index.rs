@@ -159,7 +159,11 @@ impl SlotIndex {
         if entries == 0 {
             return Self::new();
         }
-        let groups = groups_for(entries);
+        Self::with_groups(groups_for(entries))
+    }
+
+    /// An empty index of `groups` groups (a power of two).
+    fn with_groups(groups: usize) -> Self {
         Self {
             groups: vec![EMPTY_GROUP; groups],
             len: 0,
@@ -274,7 +278,18 @@ impl SlotIndex {
         if self.has_room() {
             return;
         }
-        let mut rebuilt = Self::with_capacity(self.len + 1);
+        // As hashbrown: rebuild at the same size while at most half the
+        // usable buckets hold entries (the rest were deleted), else grow to
+        // at least double. Either way at least half the usable buckets are
+        // free afterwards, so churn at a steady size rebuilds once per
+        // O(len) operations, never at every insert.
+        let usable_now = usable(self.groups.len());
+        let groups = if self.len < usable_now / 2 {
+            self.groups.len()
+        } else {
+            groups_for((self.len + 1).max(usable_now + 1))
+        };
+        let mut rebuilt = Self::with_groups(groups);
         for (hash, slot) in stored() {
             rebuilt.insert_unique(hash, slot);
         }
@@ -378,6 +393,42 @@ mod tests {
         // Deleted buckets were recycled: the table did not grow without
         // bound for a live set of a few thousand.
         assert!(index.groups.len() <= groups_for(model.len()) * 4);
+    }
+
+    /// Removing and inserting at a steady size next to the growth limit
+    /// rebuilds rarely (a rebuild leaves half the usable buckets free).
+    #[test]
+    fn churn_at_a_steady_size_rebuilds_rarely() {
+        let mut index = SlotIndex::new();
+        let n = usable(64) as u32 - 1;
+        for slot in 0..n {
+            index.reserve_one(|| (0..slot).map(|s| (s.wrapping_mul(0x9E37_79B9), s)));
+            index.insert_unique(slot.wrapping_mul(0x9E37_79B9), slot);
+        }
+        let mut live: std::collections::VecDeque<u32> = (0..n).collect();
+        let mut rebuilds = 0;
+        let rounds = if cfg!(miri) { 200 } else { 20_000 };
+        for next in n..n + rounds {
+            let old = live.pop_front().unwrap();
+            assert!(index.remove(old.wrapping_mul(0x9E37_79B9), old));
+            if !index.has_room() {
+                rebuilds += 1;
+            }
+            let listed: Vec<u32> = live.iter().copied().collect();
+            index.reserve_one(|| listed.into_iter().map(|s| (s.wrapping_mul(0x9E37_79B9), s)));
+            index.insert_unique(next.wrapping_mul(0x9E37_79B9), next);
+            live.push_back(next);
+        }
+        assert!(
+            rebuilds * 50 < rounds,
+            "{rebuilds} rebuilds in {rounds} rounds"
+        );
+        for &slot in &live {
+            assert_eq!(
+                index.find(slot.wrapping_mul(0x9E37_79B9), |s| s == slot),
+                Some(slot)
+            );
+        }
     }
 
     #[test]
