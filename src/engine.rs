@@ -216,9 +216,11 @@ impl<K, V, S> Engine<K, V, S> {
         }
     }
 
-    /// The shard for `hash`. Uses the bits below hashbrown's 7-bit tag (the
-    /// top bits) so shard choice and in-table position stay independent;
-    /// the multiply maps them onto any shard count without a division.
+    /// The shard for `hash`. Uses the bits just below the top 7 (the flight
+    /// table's hashbrown tag) and far above the low 32 (the entry index's
+    /// position and tag), so shard choice and in-shard position stay
+    /// independent; the multiply maps them onto any shard count without a
+    /// division.
     #[inline]
     pub(crate) fn shard_index(&self, hash: u64) -> usize {
         ((u128::from(hash << 7) * self.shards.len() as u128) >> 64) as usize

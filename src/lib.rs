@@ -326,7 +326,7 @@
 //! |---|---|
 //! | `cache.rs` | the handle: the public API and its docs, nothing else |
 //! | `engine.rs` | the engine behind every handle, and **the only module that locks a shard**: one helper creates a graveyard before the lock and drops it after, so no value is dropped, no waiter woken and no closure run under a shard lock, by construction; the flight guard that ends every flight |
-//! | `shard/` | one shard's parts, each a type with its invariants: `entries.rs` (a dense slab behind a `hashbrown::HashTable` of 4-byte slot numbers), `queue.rs` (a min-heap of 16-byte `(deadline, write sequence, slot)` items with lazy deletion), `flights.rs` (keys in progress), `graveyard.rs` (what an operation displaced) |
+//! | `shard/` | one shard's parts, each a type with its invariants: `entries.rs` (a dense slab of entries, each keeping the low half of its key's hash), `index.rs` (the hash index of 4-byte slot numbers: one 64-byte cache line per 12 tags and their slots), `queue.rs` (a min-heap of 16-byte `(deadline, write sequence, slot)` items with lazy deletion), `flights.rs` (keys in progress), `graveyard.rs` (what an operation displaced) |
 //! | `capacity.rs` | the global bound, the policy, and the one make-room-or-refuse loop every write shares |
 //! | `flight.rs` | single flight: one key's computation or claim, its outcome and its waiters (blocking and async) |
 //! | `protocol.rs` | claims, reservations, waits, replays, fencing |
@@ -334,8 +334,9 @@
 //! | `snapshot.rs`, `snapshot_file.rs`, `persistence.rs` | snapshots, their file format, and the periodic save (a job of the background thread) |
 //! | `clock.rs`, `background.rs`, `sync.rs` | cache time (`CacheTime`), the optional background thread's jobs, and the loom shim |
 //!
-//! Keys are hashed once (ahash) to pick a shard (from bits below hashbrown's
-//! tag bits) and a slot in the shard's index. Each shard is a
+//! Keys are hashed once (ahash) to pick a shard (from the top bits) and a
+//! slot in the shard's index (from the low 32 bits, which the entry keeps:
+//! growing, compacting and expiring hash no key again). Each shard is a
 //! cache-line-aligned parking_lot mutex over its parts and its own counters
 //! (no shared atomic on the read path). Deadlines are `CacheTime`s,
 //! nanoseconds since the cache was built. A flight carries its own mutex,

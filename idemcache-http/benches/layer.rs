@@ -8,7 +8,10 @@
 //! - **first execution**: through the layer, a new key per request (claim,
 //!   run, store);
 //! - **replay**: through the layer, one key already completed (claim,
-//!   replay; the handler does not run).
+//!   replay; the handler does not run), every client on that one key: both
+//!   server threads then share its record's cache lines;
+//! - **replay, 1,024 keys**: the same over 1,024 completed keys taken in
+//!   turn, as retries of different requests arrive (loopback only).
 //!
 //! Each is run in rounds interleaved with the others (so drift on a shared
 //! machine spreads over all three) with `BENCH_CONCURRENCY` client tasks
@@ -59,14 +62,19 @@ enum Workload {
     Bare,
     First,
     Replay,
+    ReplayMany,
 }
+
+/// Completed keys the `ReplayMany` workload cycles through.
+const REPLAYED_KEYS: u64 = 1024;
 
 impl Workload {
     fn name(self) -> &'static str {
         match self {
             Workload::Bare => "bare handler",
             Workload::First => "first execution (layer)",
-            Workload::Replay => "replay (layer)",
+            Workload::Replay => "replay (layer), one key",
+            Workload::ReplayMany => "replay (layer), 1,024 keys",
         }
     }
 }
@@ -100,9 +108,11 @@ async fn round(
         handles.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             while Instant::now() < until {
+                let n = next_key.fetch_add(1, Ordering::Relaxed);
                 let key = match workload {
                     Workload::Replay => "the-replayed-key".to_string(),
-                    _ => format!("key-{}", next_key.fetch_add(1, Ordering::Relaxed)),
+                    Workload::ReplayMany => format!("replayed-{}", n % REPLAYED_KEYS),
+                    Workload::Bare | Workload::First => format!("key-{n}"),
                 };
                 let start = Instant::now();
                 send(&client, address, &key).await;
@@ -141,7 +151,8 @@ async fn in_process(n: u64) -> [f64; 3] {
         for i in 0..n {
             let key = match workload {
                 Workload::Replay => "the-replayed-key".to_string(),
-                _ => format!("in-process-{i}"),
+                Workload::ReplayMany => unreachable!("loopback only"),
+                Workload::Bare | Workload::First => format!("in-process-{i}"),
             };
             let request = http::Request::post("/charges")
                 .header("idempotency-key", key)
@@ -198,14 +209,22 @@ fn main() {
         let layered = serve(Router::new().route("/charges", post(charge)).layer(IdempotencyLayer::unscoped(store))).await;
         let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
         let next_key = Arc::new(AtomicU64::new(0));
-        // Warm up both servers and complete the replayed key.
+        // Warm up both servers and complete the replayed keys.
         send(&client, layered, "the-replayed-key").await;
-        for workload in [Workload::Bare, Workload::First, Workload::Replay] {
+        for i in 0..REPLAYED_KEYS {
+            send(&client, layered, &format!("replayed-{i}")).await;
+        }
+        let workloads = [
+            Workload::Bare,
+            Workload::First,
+            Workload::Replay,
+            Workload::ReplayMany,
+        ];
+        for workload in workloads {
             let address = if workload == Workload::Bare { bare } else { layered };
             round(&client, address, workload, tasks, 0.5, &next_key).await;
         }
-        let workloads = [Workload::Bare, Workload::First, Workload::Replay];
-        let mut results: Vec<(u64, Vec<f64>)> = vec![(0, Vec::new()); 3];
+        let mut results: Vec<(u64, Vec<f64>)> = vec![(0, Vec::new()); workloads.len()];
         for _ in 0..3 {
             for (i, &workload) in workloads.iter().enumerate() {
                 let address = if workload == Workload::Bare { bare } else { layered };

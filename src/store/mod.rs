@@ -183,8 +183,10 @@ pub trait Store: Send + Sync {
 pub struct ClaimId(u128);
 
 impl ClaimId {
-    /// A fresh id: unique within the process (a counter) and, with 64
-    /// random bits per process, between processes. Not a secret.
+    /// A fresh id: unique within the process (a counter, counted per
+    /// thread in blocks so that concurrent requests share no cache line)
+    /// and, with 64 random bits per process, between processes. Not a
+    /// secret.
     ///
     /// ```
     /// use idemcache::store::ClaimId;
@@ -193,15 +195,33 @@ impl ClaimId {
     /// assert_ne!(id, ClaimId::random());
     /// ```
     pub fn random() -> Self {
+        use std::cell::Cell;
         use std::sync::OnceLock;
         use std::sync::atomic::{AtomicU64, Ordering};
+        /// Ids a thread takes from the process's counter at a time: each
+        /// request then counts on its own thread, without touching a
+        /// shared cache line.
+        const BLOCK: u64 = 1 << 32;
         static SEED: OnceLock<u64> = OnceLock::new();
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        static BLOCKS: AtomicU64 = AtomicU64::new(0);
+        thread_local! {
+            /// The next id of this thread's block, and the block's end.
+            static NEXT: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
+        }
         let process = SEED.get_or_init(|| {
             // `ahash::RandomState::new` is seeded from the operating system.
             ahash::RandomState::new().hash_one((std::process::id(), std::time::SystemTime::now()))
         });
-        let count = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let count = NEXT.with(|next| {
+            let (mut id, mut end) = next.get();
+            if id == end {
+                // 2³² blocks of 2³² ids: the process never repeats one.
+                id = BLOCKS.fetch_add(1, Ordering::Relaxed).wrapping_mul(BLOCK);
+                end = id.wrapping_add(BLOCK);
+            }
+            next.set((id.wrapping_add(1), end));
+            id
+        });
         // The high half tells processes apart (random per process), the
         // low half ids within this one (a counter: never repeats).
         ClaimId((u128::from(*process) << 64) | u128::from(count))
@@ -430,5 +450,32 @@ impl Error for StoreError {
 impl From<Fenced> for StoreError {
     fn from(fenced: Fenced) -> Self {
         StoreError::Fenced(fenced)
+    }
+}
+
+#[cfg(test)]
+mod claim_id_tests {
+    use super::ClaimId;
+
+    #[test]
+    fn ids_from_many_threads_never_repeat() {
+        let per_thread = if cfg!(miri) { 50 } else { 10_000 };
+        let ids: Vec<Vec<ClaimId>> = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| (0..per_thread).map(|_| ClaimId::random()).collect()))
+                .collect();
+            workers.into_iter().map(|w| w.join().unwrap()).collect()
+        });
+        let all: std::collections::HashSet<ClaimId> = ids.iter().flatten().copied().collect();
+        assert_eq!(all.len(), 4 * per_thread);
+        // One process: one random high half.
+        assert_eq!(
+            ids.iter()
+                .flatten()
+                .map(|id| id.as_u128() >> 64)
+                .collect::<std::collections::HashSet<_>>()
+                .len(),
+            1
+        );
     }
 }
