@@ -1,19 +1,27 @@
 //! The comparison table: every workload on idemcache and the crates a user
 //! would pick instead, in one run, printed as ratios idemcache/peer.
 //!
-//! `cargo bench --bench compare` (about 10 minutes on 2 cores). Set
+//! `cargo bench --bench compare` (about 20 minutes on 2 cores). Set
 //! `COMPARE_OPS` to change the operations per thread per run (default
 //! 1,000,000) and `COMPARE_REPS` the runs per cell (default 3; the median
 //! is reported). Ratios above 1 mean idemcache is faster.
+//!
+//! The peers of one row are measured in interleaved rounds (each round
+//! runs every peer once, one after the other), so that a shared machine's
+//! drift — which moves absolute numbers by 20% or more over minutes —
+//! lands on all of them rather than on whichever peer ran at a bad moment.
 
 mod common;
 
 use std::hint::black_box;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::{BenchKey, Peer, Runs, Store, indices, keys, timed, value};
 
 const PRELOAD: usize = 1_000_000;
+const SMALL_PRELOAD: usize = 100_000;
+const FULL_CAPACITY: usize = 100_000;
 
 /// A new range of key numbers for every call, so "fresh" keys never repeat.
 fn fresh_base() -> u64 {
@@ -21,14 +29,12 @@ fn fresh_base() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     NEXT.fetch_add(1, Ordering::Relaxed) * 1_000_000_000_000
 }
-const SMALL_PRELOAD: usize = 100_000;
-const FULL_CAPACITY: usize = 100_000;
 
 struct Config {
     ops: usize,
     reps: usize,
     /// `COMPARE_PEERS`: peer names to run (`|`-separated; all if unset).
-    peers: Option<Vec<String>>,
+    peers: Vec<Peer>,
     /// `COMPARE_ONLY`: run the workloads whose name contains one of these
     /// (`|`-separated; all if unset). For A/B runs while iterating.
     only: Option<Vec<String>>,
@@ -39,12 +45,6 @@ impl Config {
         self.only
             .as_ref()
             .is_none_or(|only| only.iter().any(|w| workload.contains(w.as_str())))
-    }
-
-    fn runs(&self, peer: Peer) -> bool {
-        self.peers
-            .as_ref()
-            .is_none_or(|peers| peers.iter().any(|p| p == peer.name()))
     }
 }
 
@@ -58,7 +58,6 @@ struct Row {
     threads: usize,
     /// Million operations per second, per peer (`None`: not applicable).
     mops: Vec<Option<f64>>,
-    note: String,
 }
 
 fn median(mut runs: Vec<f64>) -> f64 {
@@ -66,58 +65,55 @@ fn median(mut runs: Vec<f64>) -> f64 {
     runs[runs.len() / 2]
 }
 
-/// Median throughput of `reps` timed runs of `ops` operations per thread.
-fn throughput(cfg: &Config, threads: usize, mut run: impl FnMut() -> Duration) -> f64 {
-    let runs = (0..cfg.reps)
-        .map(|_| {
-            let took = run();
-            (cfg.ops * threads) as f64 / took.as_secs_f64() / 1e6
-        })
-        .collect();
-    median(runs)
-}
-
-/// Measures `peer` on the row `(workload, threads)` unless the run
-/// filters the workload out (`run` gives `None` where it does not apply).
+/// Measures the row `(workload, threads)` unless the run filters it out:
+/// `reps` rounds, each timing one run of every peer in turn (`run(i)` for
+/// the i-th peer of `cfg.peers`, `None` where the workload does not apply
+/// to it); each peer's median becomes its cell, in Mops/s.
 fn measure(
     cfg: &Config,
     rows: &mut Vec<Row>,
     workload: &str,
     threads: usize,
-    peer: Peer,
-    run: impl FnOnce() -> Option<f64>,
+    mut run: impl FnMut(usize) -> Option<Duration>,
 ) {
-    if cfg.wants(workload) {
-        record(rows, workload, threads, peer, run());
+    if !cfg.wants(workload) {
+        return;
     }
-}
-
-/// Adds a measurement for `peer` to the row `(workload, threads)`.
-fn record(rows: &mut Vec<Row>, workload: &str, threads: usize, peer: Peer, mops: Option<f64>) {
-    let column = Peer::ALL.iter().position(|p| *p == peer).unwrap();
-    let row = match rows
-        .iter_mut()
-        .position(|r| r.workload == workload && r.threads == threads)
-    {
-        Some(i) => &mut rows[i],
-        None => {
-            rows.push(Row {
-                workload: workload.to_string(),
-                threads,
-                mops: vec![None; Peer::ALL.len()],
-                note: String::new(),
-            });
-            rows.last_mut().unwrap()
+    eprintln!("  {workload}, {threads} thread(s)");
+    let mut runs: Vec<Vec<f64>> = vec![Vec::new(); cfg.peers.len()];
+    for _ in 0..cfg.reps {
+        for (i, peer_runs) in runs.iter_mut().enumerate() {
+            if let Some(took) = run(i) {
+                peer_runs.push((cfg.ops * threads) as f64 / took.as_secs_f64() / 1e6);
+            }
         }
-    };
-    row.mops[column] = mops;
+    }
+    let mut mops = vec![None; Peer::ALL.len()];
+    for (peer, peer_runs) in cfg.peers.iter().zip(runs) {
+        let column = Peer::ALL.iter().position(|p| p == peer).unwrap();
+        mops[column] = (!peer_runs.is_empty()).then(|| median(peer_runs));
+    }
+    rows.push(Row {
+        workload: workload.to_string(),
+        threads,
+        mops,
+    });
 }
 
-/// Reads and mixed reads/writes on a preloaded store.
+/// One list of keys per thread, for workloads that hand keys over.
+fn per_thread<K>(threads: usize, make: impl Fn(usize) -> Vec<K>) -> Vec<Mutex<Vec<K>>> {
+    (0..threads).map(|t| Mutex::new(make(t))).collect()
+}
+
+/// Thread `t`'s list, taken (each list is used by one timed run).
+fn take<K>(lists: &[Mutex<Vec<K>>], t: usize) -> Vec<K> {
+    std::mem::take(&mut *lists[t].lock().unwrap())
+}
+
+/// Reads and mixed reads/writes on preloaded stores (one per peer).
 fn preloaded_workloads<K: BenchKey>(
     cfg: &Config,
     rows: &mut Vec<Row>,
-    peer: Peer,
     label: &str,
     n: usize,
     full_set: bool,
@@ -125,37 +121,37 @@ fn preloaded_workloads<K: BenchKey>(
     let (present, absent) = keys::<K>(n);
     let uniform = indices(n, cfg.ops * 2, false, 1);
     let skewed = indices(n, cfg.ops * 2, true, 2);
-    let mut store = peer.build::<K>(n, false);
-    store.preload(
-        present
-            .iter()
-            .enumerate()
-            .map(|(i, key)| (key.clone(), value(i as u64)))
-            .collect(),
-    );
-    let store = &*store;
+    let stores: Vec<Box<dyn Store<K>>> = cfg
+        .peers
+        .iter()
+        .map(|peer| {
+            let mut store = peer.build::<K>(n, false);
+            store.preload(
+                present
+                    .iter()
+                    .enumerate()
+                    .map(|(i, key)| (key.clone(), value(i as u64)))
+                    .collect(),
+            );
+            store
+        })
+        .collect();
     // Owned copies of the keys `uniform` picks, one list per thread,
     // prepared outside the timing (as a request handler owns its key).
-    let owned_keys = |threads: usize| -> Vec<std::sync::Mutex<Vec<K>>> {
-        (0..threads)
-            .map(|t| {
-                std::sync::Mutex::new(
-                    uniform[t * cfg.ops..(t + 1) * cfg.ops]
-                        .iter()
-                        .map(|&i| present[i as usize].clone())
-                        .collect(),
-                )
-            })
-            .collect()
+    let owned_keys = |threads: usize| {
+        per_thread(threads, |t| {
+            uniform[t * cfg.ops..(t + 1) * cfg.ops]
+                .iter()
+                .map(|&i| present[i as usize].clone())
+                .collect()
+        })
     };
     for threads in [1, 2] {
-        let get = |idx: &[u32]| {
-            throughput(cfg, threads, || {
-                timed(threads, |t| {
-                    for &i in &idx[t * cfg.ops..(t + 1) * cfg.ops] {
-                        black_box(store.get(&present[i as usize]));
-                    }
-                })
+        let get = |store: &dyn Store<K>, idx: &[u32]| {
+            timed(threads, |t| {
+                for &i in &idx[t * cfg.ops..(t + 1) * cfg.ops] {
+                    black_box(store.get(&present[i as usize]));
+                }
             })
         };
         measure(
@@ -163,8 +159,7 @@ fn preloaded_workloads<K: BenchKey>(
             rows,
             &format!("get hit, uniform{label}"),
             threads,
-            peer,
-            || Some(get(&uniform)),
+            |p| Some(get(&*stores[p], &uniform)),
         );
         if !full_set {
             continue;
@@ -174,143 +169,113 @@ fn preloaded_workloads<K: BenchKey>(
             rows,
             &format!("get hit, skewed{label}"),
             threads,
-            peer,
-            || Some(get(&skewed)),
+            |p| Some(get(&*stores[p], &skewed)),
         );
-        measure(
-            cfg,
-            rows,
-            &format!("get miss{label}"),
-            threads,
-            peer,
-            || {
-                Some(throughput(cfg, threads, || {
-                    timed(threads, |t| {
-                        for &i in &uniform[t * cfg.ops..(t + 1) * cfg.ops] {
-                            black_box(store.get(&absent[i as usize]));
-                        }
-                    })
-                }))
-            },
-        );
+        measure(cfg, rows, &format!("get miss{label}"), threads, |p| {
+            Some(timed(threads, |t| {
+                for &i in &uniform[t * cfg.ops..(t + 1) * cfg.ops] {
+                    black_box(stores[p].get(&absent[i as usize]));
+                }
+            }))
+        });
         measure(
             cfg,
             rows,
             &format!("get_or_compute hit{label}"),
             threads,
-            peer,
-            || {
-                Some(throughput(cfg, threads, || {
-                    let owned = owned_keys(threads);
-                    timed(threads, |t| {
-                        for key in std::mem::take(&mut *owned[t].lock().unwrap()) {
-                            black_box(store.get_or_compute(key, &|| unreachable!("hit")));
-                        }
-                    })
+            |p| {
+                let owned = owned_keys(threads);
+                Some(timed(threads, |t| {
+                    for key in take(&owned, t) {
+                        black_box(stores[p].get_or_compute(key, &|| unreachable!("hit")));
+                    }
                 }))
             },
         );
         // The same owned keys through `get`, dropped after: what the
         // get_or_compute hit above should cost.
-        measure(
-            cfg,
-            rows,
-            &format!("get hit, caller-owned key{label}"),
-            threads,
-            peer,
-            || {
-                Some(throughput(cfg, threads, || {
-                    let owned = owned_keys(threads);
-                    timed(threads, |t| {
-                        for key in std::mem::take(&mut *owned[t].lock().unwrap()) {
-                            black_box(store.get(&key));
-                        }
-                    })
-                }))
-            },
-        );
+        let workload = format!("get hit, caller-owned key{label}");
+        measure(cfg, rows, &workload, threads, |p| {
+            let owned = owned_keys(threads);
+            Some(timed(threads, |t| {
+                for key in take(&owned, t) {
+                    black_box(stores[p].get(&key));
+                }
+            }))
+        });
     }
     if !full_set {
         return;
     }
-    // Mixed 90% get / 10% insert of fresh keys (grows the store: last).
+    // Mixed 90% get / 10% insert of fresh keys (grows the stores: last).
     for threads in [1, 2] {
         let workload = format!("mixed 90% get / 10% insert{label}");
-        measure(cfg, rows, &workload, threads, peer, || {
-            store.writable().then(|| {
-                throughput(cfg, threads, || {
-                    let fresh: Vec<std::sync::Mutex<Vec<K>>> = (0..threads)
-                        .map(|t| {
-                            let base = fresh_base() + t as u64 * 100_000_000;
-                            std::sync::Mutex::new(
-                                (0..cfg.ops as u64 / 10 + 1)
-                                    .map(|j| K::make(base + j))
-                                    .collect(),
-                            )
-                        })
-                        .collect();
-                    timed(threads, |t| {
-                        let mut fresh = std::mem::take(&mut *fresh[t].lock().unwrap()).into_iter();
-                        for (j, &i) in uniform[t * cfg.ops..(t + 1) * cfg.ops].iter().enumerate() {
-                            if j % 10 == 0 {
-                                store.insert(fresh.next().unwrap(), value(j as u64));
-                            } else {
-                                black_box(store.get(&present[i as usize]));
-                            }
-                        }
-                    })
-                })
-            })
+        measure(cfg, rows, &workload, threads, |p| {
+            let store = &*stores[p];
+            if !store.writable() {
+                return None;
+            }
+            let fresh = per_thread(threads, |t| {
+                let base = fresh_base() + t as u64 * 100_000_000;
+                (0..cfg.ops as u64 / 10 + 1)
+                    .map(|j| K::make(base + j))
+                    .collect()
+            });
+            Some(timed(threads, |t| {
+                let mut fresh = take(&fresh, t).into_iter();
+                for (j, &i) in uniform[t * cfg.ops..(t + 1) * cfg.ops].iter().enumerate() {
+                    if j % 10 == 0 {
+                        store.insert(fresh.next().unwrap(), value(j as u64));
+                    } else {
+                        black_box(store.get(&present[i as usize]));
+                    }
+                }
+            }))
         });
     }
 }
 
 /// Times each thread inserting its own list of fresh keys.
-fn insert_all<K: BenchKey>(store: &dyn Store<K>, fresh: Vec<std::sync::Mutex<Vec<K>>>) -> Duration {
+fn insert_all<K: BenchKey>(store: &dyn Store<K>, fresh: Vec<Mutex<Vec<K>>>) -> Duration {
     timed(fresh.len(), |t| {
-        let keys = std::mem::take(&mut *fresh[t].lock().unwrap());
-        for (j, key) in keys.into_iter().enumerate() {
+        for (j, key) in take(&fresh, t).into_iter().enumerate() {
             store.insert(key, value(j as u64));
         }
     })
 }
 
 /// Inserts of fresh keys into an empty store, and into a full bounded one.
-fn insert_workloads<K: BenchKey>(cfg: &Config, rows: &mut Vec<Row>, peer: Peer, label: &str) {
-    let fresh_keys = |threads: usize| -> Vec<std::sync::Mutex<Vec<K>>> {
-        (0..threads)
-            .map(|t| {
-                let base = fresh_base() + t as u64 * 100_000_000;
-                std::sync::Mutex::new((0..cfg.ops as u64).map(|j| K::make(base + j)).collect())
-            })
-            .collect()
+fn insert_workloads<K: BenchKey>(cfg: &Config, rows: &mut Vec<Row>, label: &str) {
+    let fresh_keys = |threads: usize| {
+        per_thread(threads, |t| {
+            let base = fresh_base() + t as u64 * 100_000_000;
+            (0..cfg.ops as u64).map(|j| K::make(base + j)).collect()
+        })
     };
-    let writable = peer.build::<K>(1, false).writable();
+    let writable = |peer: Peer| peer.build::<K>(1, false).writable();
     for threads in [1, 2] {
         let workload = format!("insert fresh, empty{label}");
-        measure(cfg, rows, &workload, threads, peer, || {
-            writable.then(|| {
-                throughput(cfg, threads, || {
-                    let store = peer.build::<K>(cfg.ops * threads, false);
-                    let took = insert_all(&*store, fresh_keys(threads));
-                    drop(store);
-                    took
-                })
+        measure(cfg, rows, &workload, threads, |p| {
+            let peer = cfg.peers[p];
+            writable(peer).then(|| {
+                let store = peer.build::<K>(cfg.ops * threads, false);
+                let took = insert_all(&*store, fresh_keys(threads));
+                drop(store);
+                took
             })
         });
         let workload = format!("insert fresh, full {FULL_CAPACITY} (evicts){label}");
-        measure(cfg, rows, &workload, threads, peer, || {
-            (writable && peer != Peer::DashMapTtl).then(|| {
-                throughput(cfg, threads, || {
-                    let store = peer.build::<K>(FULL_CAPACITY, true);
-                    let base = fresh_base();
-                    for j in 0..FULL_CAPACITY as u64 {
-                        store.insert(K::make(base + j), value(j));
-                    }
-                    let took = insert_all(&*store, fresh_keys(threads));
-                    drop(store);
-                    took
-                })
+        measure(cfg, rows, &workload, threads, |p| {
+            let peer = cfg.peers[p];
+            (writable(peer) && peer != Peer::DashMapTtl).then(|| {
+                let store = peer.build::<K>(FULL_CAPACITY, true);
+                let base = fresh_base();
+                for j in 0..FULL_CAPACITY as u64 {
+                    store.insert(K::make(base + j), value(j));
+                }
+                let took = insert_all(&*store, fresh_keys(threads));
+                drop(store);
+                took
             })
         });
     }
@@ -319,64 +284,58 @@ fn insert_workloads<K: BenchKey>(cfg: &Config, rows: &mut Vec<Row>, peer: Peer, 
 /// get_or_compute on misses where half the keys are requested twice: by
 /// the other thread (2 threads), or right after (1 thread). Reports
 /// closure runs per distinct key too.
-fn single_flight_workload<K: BenchKey>(
-    cfg: &Config,
-    rows: &mut Vec<Row>,
-    peer: Peer,
-) -> Vec<String> {
-    let mut notes = Vec::new();
+fn single_flight_workload<K: BenchKey>(cfg: &Config, rows: &mut Vec<Row>) -> Vec<String> {
     let workload = "get_or_compute miss, 50% duplicates";
-    if !cfg.wants(workload) || !peer.build::<K>(1, false).writable() {
-        return notes;
-    }
+    let mut notes = Vec::new();
     for threads in [1, 2] {
-        let mut worst_ratio: f64 = 0.0;
-        let mops = throughput(cfg, threads, || {
-            let seed = fresh_base() / 1_000_000_000;
+        let mut worst_ratio = vec![0.0f64; cfg.peers.len()];
+        measure(cfg, rows, workload, threads, |p| {
+            let peer = cfg.peers[p];
             let store = peer.build::<K>(cfg.ops * 2, false);
+            if !store.writable() {
+                return None;
+            }
+            let seed = fresh_base() / 1_000_000_000;
             let runs = Runs::new();
             // Thread t's sequence: shared keys interleaved with its own.
-            let sequences: Vec<std::sync::Mutex<Vec<K>>> = (0..threads)
-                .map(|t| {
-                    std::sync::Mutex::new(
-                        (0..cfg.ops as u64)
-                            .map(|j| {
-                                // One thread: every key twice in a row. Two
-                                // threads: even positions are shared.
-                                if j % 2 == 0 || threads == 1 {
-                                    K::make(seed * 1_000_000_000 + j / 2)
-                                } else {
-                                    K::make(
-                                        seed * 1_000_000_000
-                                            + 500_000_000
-                                            + t as u64 * 100_000_000
-                                            + j,
-                                    )
-                                }
-                            })
-                            .collect(),
-                    )
-                })
-                .collect();
+            let sequences = per_thread(threads, |t| {
+                (0..cfg.ops as u64)
+                    .map(|j| {
+                        // One thread: every key twice in a row. Two
+                        // threads: even positions are shared.
+                        if j % 2 == 0 || threads == 1 {
+                            K::make(seed * 1_000_000_000 + j / 2)
+                        } else {
+                            K::make(seed * 1_000_000_000 + 500_000_000 + t as u64 * 100_000_000 + j)
+                        }
+                    })
+                    .collect()
+            });
             let distinct = if threads == 1 {
                 cfg.ops.div_ceil(2)
             } else {
                 cfg.ops / 2 + threads * (cfg.ops / 2)
             };
             let took = timed(threads, |t| {
-                for key in std::mem::take(&mut *sequences[t].lock().unwrap()) {
+                for key in take(&sequences, t) {
                     black_box(store.get_or_compute(key, &|| {
                         runs.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         value(1)
                     }));
                 }
             });
-            worst_ratio = worst_ratio.max(runs.count() as f64 / distinct as f64);
+            worst_ratio[p] = worst_ratio[p].max(runs.count() as f64 / distinct as f64);
             drop(store);
-            took
+            Some(took)
         });
-        record(rows, workload, threads, peer, Some(mops));
-        notes.push(format!("{}: {threads} thread(s): closure runs / distinct keys = {worst_ratio:.4} (worst of runs)", peer.name()));
+        for (p, ratio) in worst_ratio.iter().enumerate() {
+            if *ratio > 0.0 {
+                notes.push(format!(
+                    "{}: {threads} thread(s): closure runs / distinct keys = {ratio:.4} (worst of runs)",
+                    cfg.peers[p].name()
+                ));
+            }
+        }
     }
     notes
 }
@@ -388,13 +347,9 @@ fn single_flight_workload<K: BenchKey>(
 /// for every peer. idemcache uses `claim` → `Reservation::complete` →
 /// `claim`; moka its `entry` API over a `Running`/`Done` record; dashmap
 /// its entry API over the same record with a deadline.
-fn protocol_workload(cfg: &Config, rows: &mut Vec<Row>, peer: Peer) {
+fn protocol_workload(cfg: &Config, rows: &mut Vec<Row>) {
     use common::{ProtocolStore, Record};
-    let workload = "claim → complete → replay (String keys)";
-    if !cfg.wants(workload) {
-        return;
-    }
-    let make = || -> Option<Box<dyn ProtocolStore>> {
+    let make = |peer: Peer| -> Option<Box<dyn ProtocolStore>> {
         match peer {
             Peer::Idemcache => Some(Box::new(
                 idemcache::Cache::<String, common::Value>::builder()
@@ -413,32 +368,30 @@ fn protocol_workload(cfg: &Config, rows: &mut Vec<Row>, peer: Peer) {
             _ => None,
         }
     };
-    if make().is_none() {
-        return;
-    }
     for threads in [1, 2] {
-        let mops = throughput(cfg, threads, || {
-            let store = make().expect("checked above");
-            let fresh: Vec<std::sync::Mutex<Vec<String>>> = (0..threads)
-                .map(|t| {
+        measure(
+            cfg,
+            rows,
+            "claim → complete → replay (String keys)",
+            threads,
+            |p| {
+                let store = make(cfg.peers[p])?;
+                let fresh = per_thread(threads, |t| {
                     let base = fresh_base() + t as u64 * 100_000_000;
-                    std::sync::Mutex::new(
-                        (0..cfg.ops as u64)
-                            .map(|j| <String as BenchKey>::make(base + j))
-                            .collect(),
-                    )
-                })
-                .collect();
-            let v = value(7);
-            let took = timed(threads, |t| {
-                for key in std::mem::take(&mut *fresh[t].lock().unwrap()) {
-                    black_box(store.cycle(key, &v));
-                }
-            });
-            drop(store);
-            took
-        });
-        record(rows, workload, threads, peer, Some(mops));
+                    (0..cfg.ops as u64)
+                        .map(|j| <String as BenchKey>::make(base + j))
+                        .collect()
+                });
+                let v = value(7);
+                let took = timed(threads, |t| {
+                    for key in take(&fresh, t) {
+                        black_box(store.cycle(key, &v));
+                    }
+                });
+                drop(store);
+                Some(took)
+            },
+        );
     }
 }
 
@@ -495,6 +448,7 @@ fn main() {
         println!("benchmark harness: run it with `cargo bench`");
         return;
     }
+    let peers = list_var("COMPARE_PEERS");
     let cfg = Config {
         ops: std::env::var("COMPARE_OPS")
             .ok()
@@ -504,37 +458,37 @@ fn main() {
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(3),
-        peers: list_var("COMPARE_PEERS"),
+        peers: Peer::ALL
+            .into_iter()
+            .filter(|p| {
+                peers
+                    .as_ref()
+                    .is_none_or(|names| names.iter().any(|n| n == p.name()))
+            })
+            .collect(),
         only: list_var("COMPARE_ONLY"),
     };
     let started = Instant::now();
     let mut rows = Vec::new();
     let mut notes = Vec::new();
-    for peer in Peer::ALL.into_iter().filter(|&p| cfg.runs(p)) {
-        eprintln!(
-            "[{:>5.0} s] {}",
-            started.elapsed().as_secs_f64(),
-            peer.name()
-        );
-        preloaded_workloads::<String>(&cfg, &mut rows, peer, "", PRELOAD, true);
-        preloaded_workloads::<u64>(
-            &cfg,
-            &mut rows,
-            peer,
-            " (u64 keys, 100k)",
-            SMALL_PRELOAD,
-            false,
-        );
-        insert_workloads::<String>(&cfg, &mut rows, peer, "");
-        insert_workloads::<u64>(&cfg, &mut rows, peer, " (u64 keys)");
-        notes.extend(single_flight_workload::<String>(&cfg, &mut rows, peer));
-        protocol_workload(&cfg, &mut rows, peer);
-    }
-    let reaper = (cfg.runs(Peer::Idemcache) && cfg.wants("reaper")).then(reaper_latency);
+    let stage = |name: &str| eprintln!("[{:>5.0} s] {name}", started.elapsed().as_secs_f64());
+    stage("preloaded, String keys");
+    preloaded_workloads::<String>(&cfg, &mut rows, "", PRELOAD, true);
+    stage("preloaded, u64 keys");
+    preloaded_workloads::<u64>(&cfg, &mut rows, " (u64 keys, 100k)", SMALL_PRELOAD, false);
+    stage("inserts, String keys");
+    insert_workloads::<String>(&cfg, &mut rows, "");
+    stage("inserts, u64 keys");
+    insert_workloads::<u64>(&cfg, &mut rows, " (u64 keys)");
+    stage("single flight");
+    notes.extend(single_flight_workload::<String>(&cfg, &mut rows));
+    stage("protocol");
+    protocol_workload(&cfg, &mut rows);
+    let reaper = (cfg.peers.contains(&Peer::Idemcache) && cfg.wants("reaper")).then(reaper_latency);
 
     println!("\n## idemcache / peer throughput ratios (one run; > 1 means idemcache is faster)\n");
     println!(
-        "String keys are 36-byte UUIDs, 1M preloaded unless noted; values Arc<[u8; 256]>; {} ops per thread per run, median of {} runs.\n",
+        "String keys are 36-byte UUIDs, 1M preloaded unless noted; values Arc<[u8; 256]>; {} ops per thread per run, median of {} interleaved rounds.\n",
         cfg.ops, cfg.reps
     );
     print!("| workload | threads | idemcache Mops/s |");
@@ -557,7 +511,7 @@ fn main() {
                 _ => print!(" n/a |"),
             }
         }
-        println!("{}", row.note);
+        println!();
     }
     println!("\n## Absolute throughput, same run (Mops/s)\n");
     print!("| workload | threads |");
