@@ -124,17 +124,7 @@ fn preloaded_workloads<K: BenchKey>(
     let stores: Vec<Box<dyn Store<K>>> = cfg
         .peers
         .iter()
-        .map(|peer| {
-            let mut store = peer.build::<K>(n, false);
-            store.preload(
-                present
-                    .iter()
-                    .enumerate()
-                    .map(|(i, key)| (key.clone(), value(i as u64)))
-                    .collect(),
-            );
-            store
-        })
+        .map(|peer| peer.preloaded(&present))
         .collect();
     // Owned copies of the keys `uniform` picks, one list per thread,
     // prepared outside the timing (as a request handler owns its key).

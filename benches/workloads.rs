@@ -16,18 +16,6 @@ use criterion::{Criterion, criterion_group, criterion_main};
 
 const N: usize = 100_000;
 
-fn preloaded(peer: Peer, present: &[String]) -> Box<dyn Store<String>> {
-    let mut store = peer.build::<String>(N, false);
-    store.preload(
-        present
-            .iter()
-            .enumerate()
-            .map(|(i, key)| (key.clone(), value(i as u64)))
-            .collect(),
-    );
-    store
-}
-
 /// Runs `per_op(store, thread, i)` `iters` times split over `threads`, for
 /// every peer (those that can be written only if the group `writes`).
 fn bench_threads(
@@ -42,7 +30,7 @@ fn bench_threads(
         .measurement_time(Duration::from_secs(2))
         .warm_up_time(Duration::from_millis(500));
     for peer in Peer::ALL {
-        let store = preloaded(peer, &present);
+        let store = peer.preloaded(&present);
         if writes && !store.writable() {
             continue;
         }

@@ -139,6 +139,20 @@ impl Peer {
         }
     }
 
+    /// A store sized for `present` and loaded with it (key `i` holding
+    /// `value(i)`), as the read workloads start.
+    pub fn preloaded<K: BenchKey>(self, present: &[K]) -> Box<dyn Store<K>> {
+        let mut store = self.build::<K>(present.len(), false);
+        store.preload(
+            present
+                .iter()
+                .enumerate()
+                .map(|(i, key)| (key.clone(), value(i as u64)))
+                .collect(),
+        );
+        store
+    }
+
     /// A store with a 24 h TTL; `capacity` bounds it (where the crate
     /// supports a bound) or sizes it (quick_cache, which is always bounded).
     pub fn build<K: BenchKey>(self, capacity: usize, bounded: bool) -> Box<dyn Store<K>> {
