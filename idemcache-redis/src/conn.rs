@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use idemcache::store::StoreError;
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::{Cmd, RedisError, Script, Value};
 
 /// A connection to a single server or a Cluster; cheap to clone (clones
@@ -42,25 +42,11 @@ impl Backend {
     ) -> Result<Value, RedisError> {
         match self {
             Backend::Single { connection, .. } => {
-                let mut connection = connection.clone();
-                match call.query_async(&mut connection).await {
-                    Err(err) if is_noscript(&err) => {
-                        script.load_async(&mut connection).await?;
-                        call.query_async(&mut connection).await
-                    }
-                    answer => answer,
-                }
+                query_loading_script(&mut connection.clone(), script, call).await
             }
             #[cfg(feature = "cluster")]
             Backend::Cluster(connection) => {
-                let mut connection = connection.clone();
-                match call.query_async(&mut connection).await {
-                    Err(err) if is_noscript(&err) => {
-                        script.load_async(&mut connection).await?;
-                        call.query_async(&mut connection).await
-                    }
-                    answer => answer,
-                }
+                query_loading_script(&mut connection.clone(), script, call).await
             }
         }
     }
@@ -218,5 +204,22 @@ pub(crate) async fn within<T>(
     match tokio::time::timeout(timeout, call).await {
         Ok(result) => result,
         Err(_elapsed) => Err(StoreError::Timeout { after: timeout }),
+    }
+}
+
+/// Runs `call` (an `EVALSHA` of `script`); if the server does not know the
+/// script (`NOSCRIPT`: restarted, flushed, or a new cluster node), loads it
+/// and runs `call` once more.
+async fn query_loading_script<C: ConnectionLike + Send>(
+    connection: &mut C,
+    script: &Script,
+    call: &Cmd,
+) -> Result<Value, RedisError> {
+    match call.query_async(connection).await {
+        Err(err) if is_noscript(&err) => {
+            script.load_async(connection).await?;
+            call.query_async(connection).await
+        }
+        answer => answer,
     }
 }
