@@ -147,6 +147,9 @@ async fn in_process(n: u64) -> [f64; 3] {
     .into_iter()
     .enumerate()
     {
+        if let Ok(only) = std::env::var("PROFILE_ONLY") {
+            if only != workload.name() { continue; }
+        }
         let start = Instant::now();
         for i in 0..n {
             let key = match workload {
@@ -204,6 +207,10 @@ fn main() {
         println!("| first execution (layer) | {first_us:.2} | {:+.2} |", first_us - bare_us);
         println!("| replay (layer) | {replay_us:.2} | {:+.2} |", replay_us - bare_us);
         println!();
+        if std::env::var_os("PROFILE_ONLY").is_some() {
+            for _ in 0..10 { in_process(200_000).await; }
+            return;
+        }
         let bare = serve(Router::new().route("/charges", post(charge))).await;
         let store: Cache<ScopedKey, StoredResponse> = Cache::builder().max_entries(10_000_000).build().unwrap();
         let layered = serve(Router::new().route("/charges", post(charge)).layer(IdempotencyLayer::unscoped(store))).await;

@@ -2,6 +2,7 @@
 //! record is stored under.
 
 use http::HeaderMap;
+use http::header::AsHeaderName;
 use idemcache::Fingerprint;
 
 /// The longest key accepted, in bytes after unquoting (Stripe's limit).
@@ -62,7 +63,11 @@ impl KeyError {
 /// # Errors
 ///
 /// The [`KeyError`] that the layer answers with 400.
-pub fn parse_key(headers: &HeaderMap, header: &str, max_len: usize) -> Result<String, KeyError> {
+pub fn parse_key(
+    headers: &HeaderMap,
+    header: impl AsHeaderName,
+    max_len: usize,
+) -> Result<String, KeyError> {
     let mut values = headers.get_all(header).iter();
     let value = values.next().ok_or(KeyError::Missing)?;
     if values.next().is_some() {

@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -18,7 +18,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::config::{Config, ConfigError, MismatchStatus};
-use crate::shutdown::{ShutdownHandle, ShutdownState};
+use crate::shutdown::{InFlight, ShutdownHandle, ShutdownState};
 use crate::{
     Body, BoxError, Event, EventKind, KeyError, Problem, Scope, ScopedKey, StoredResponse,
 };
@@ -323,19 +323,185 @@ where
 {
     type Response = Response<Body>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, S::Error>> + Send>>;
+    type Future = ResponseFuture<S::Future, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
+    /// What needs no I/O is decided here, without allocating: passing
+    /// through, refusing a bad key, refusing during shutdown. The rest
+    /// (reading the body, claiming, replaying or running the handler) is
+    /// one boxed future, and running the handler a second, detachable one.
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let shared = &self.shared;
+        let config = &shared.config;
+        if !config.methods.contains(request.method()) {
+            return ResponseFuture::passthrough(self.inner.call(request.map(Body::new)));
+        }
+        let key = match crate::parse_key(request.headers(), &config.header, config.max_key_len) {
+            Ok(key) => key,
+            Err(KeyError::Missing) if !config.require_key => {
+                return ResponseFuture::passthrough(self.inner.call(request.map(Body::new)));
+            }
+            Err(error) => {
+                return ResponseFuture::ready(shared.reject(
+                    request.method(),
+                    request.uri(),
+                    Problem::BadKey,
+                    StatusCode::BAD_REQUEST,
+                    error.detail(),
+                ));
+            }
+        };
+        if shared.shutdown.is_closing() {
+            let mut response = shared.reject(
+                request.method(),
+                request.uri(),
+                Problem::ShuttingDown,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The server is shutting down; retry with the same Idempotency-Key.",
+            );
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(1));
+            return ResponseFuture::ready(response);
+        }
+        let (parts, body) = request.into_parts();
+        let scope = config
+            .scope
+            .as_ref()
+            .map_or_else(Scope::anonymous, |scope| scope(&parts));
+        let key = ScopedKey::new(scope, key);
+        let trace = config.on_event.is_some().then(|| {
+            Box::new(Trace {
+                method: parts.method.clone(),
+                uri: parts.uri.clone(),
+                key: key.clone(),
+            })
+        });
         // The service that was polled ready serves this request; a fresh
         // clone takes its place for the next.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        let shared = Arc::clone(&self.shared);
-        Box::pin(handle(shared, inner, request))
+        let request = Claimant {
+            shared: Arc::clone(shared),
+            inner,
+            parts,
+            store_key: St::Key::from(key),
+            trace,
+        };
+        ResponseFuture::deciding(Box::pin(decide(request, body)))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future an [`IdempotencyService`] returns: the inner service's
+    /// own future for requests the layer passes through, else the layer's
+    /// answer or the handler's response.
+    ///
+    /// Dropped while the handler runs (the client went away), it hands the
+    /// handler to a task of its own, which finishes it and stores its
+    /// response for the retry to replay.
+    pub struct ResponseFuture<F, E>
+    where
+        E: 'static,
+    {
+        #[pin]
+        state: State<F, E>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = StateProjection]
+    enum State<F, E>
+    where
+        E: 'static,
+    {
+        Passthrough { #[pin] future: F },
+        Ready { response: Option<Response<Body>> },
+        Deciding { future: Pin<Box<dyn Future<Output = Decided<E>> + Send>> },
+        Executing { future: Detachable<Result<Response<Body>, E>> },
+    }
+}
+
+/// What the first phase of a protected request came to.
+enum Decided<E> {
+    /// An answer without running the handler: a replay, a conflict, a
+    /// refusal.
+    Respond(Response<Body>),
+    /// The claim was acquired: the handler's run, to be polled detachable.
+    Execute(Pin<Box<dyn Future<Output = Result<Response<Body>, E>> + Send>>),
+}
+
+impl<F, E: 'static> ResponseFuture<F, E> {
+    fn passthrough(future: F) -> Self {
+        ResponseFuture {
+            state: State::Passthrough { future },
+        }
+    }
+
+    fn ready(response: Response<Body>) -> Self {
+        ResponseFuture {
+            state: State::Ready {
+                response: Some(response),
+            },
+        }
+    }
+
+    fn deciding(future: Pin<Box<dyn Future<Output = Decided<E>> + Send>>) -> Self {
+        ResponseFuture {
+            state: State::Deciding { future },
+        }
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F, E>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+    E: 'static,
+{
+    type Output = Result<Response<Body>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = self.project().state;
+        loop {
+            match state.as_mut().project() {
+                StateProjection::Passthrough { future } => {
+                    return future.poll(cx).map(|result| result.map(boxed));
+                }
+                StateProjection::Ready { response } => {
+                    let response = response.take().expect("polled after completion");
+                    return Poll::Ready(Ok(response));
+                }
+                StateProjection::Deciding { future } => match ready!(future.as_mut().poll(cx)) {
+                    Decided::Respond(response) => {
+                        state.set(State::Ready { response: None });
+                        return Poll::Ready(Ok(response));
+                    }
+                    Decided::Execute(run) => state.set(State::Executing {
+                        future: Detachable(Some(run)),
+                    }),
+                },
+                StateProjection::Executing { future } => return Pin::new(future).poll(cx),
+            }
+        }
+    }
+}
+
+impl<F, E: 'static> std::fmt::Debug for ResponseFuture<F, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match &self.state {
+            State::Passthrough { .. } => "passthrough",
+            State::Ready { .. } => "ready",
+            State::Deciding { .. } => "deciding",
+            State::Executing { .. } => "executing",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .finish()
     }
 }
 
@@ -352,18 +518,19 @@ fn full(bytes: Bytes) -> Body {
     Body::from_bytes(bytes)
 }
 
-/// What one request is, for events.
-struct RequestInfo {
+/// What events say about a protected request: built only when there is
+/// an event hook, so requests without one copy nothing for it.
+struct Trace {
     method: Method,
-    /// The whole URI (a reference-counted copy), so that the path is only
-    /// read when there is an event hook to give it to.
     uri: http::Uri,
+    key: ScopedKey,
 }
 
 impl<St> Shared<St> {
-    fn emit(
+    fn event(
         &self,
-        info: &RequestInfo,
+        method: &Method,
+        uri: &http::Uri,
         kind: EventKind,
         key: Option<&ScopedKey>,
         status: Option<StatusCode>,
@@ -372,8 +539,8 @@ impl<St> Shared<St> {
         if let Some(hook) = &self.config.on_event {
             hook(&Event {
                 kind,
-                method: &info.method,
-                path: info.uri.path(),
+                method,
+                path: uri.path(),
                 key,
                 status,
                 detail,
@@ -381,29 +548,56 @@ impl<St> Shared<St> {
         }
     }
 
-    /// A problem response, with its event.
+    /// The event of a request whose key is known (`trace` is `None` only
+    /// without a hook).
+    fn emit(
+        &self,
+        trace: Option<&Trace>,
+        kind: EventKind,
+        status: Option<StatusCode>,
+        detail: Option<&str>,
+    ) {
+        if let Some(trace) = trace {
+            let key = Some(&trace.key);
+            self.event(&trace.method, &trace.uri, kind, key, status, detail);
+        }
+    }
+
+    /// A problem response for a request with a known key, with its event.
     fn problem(
         &self,
-        info: &RequestInfo,
+        trace: Option<&Trace>,
         kind: EventKind,
-        key: Option<&ScopedKey>,
         problem: Problem,
         status: StatusCode,
         detail: &str,
     ) -> Response<Body> {
-        self.emit(info, kind, key, Some(status), Some(detail));
+        self.emit(trace, kind, Some(status), Some(detail));
+        problem.response(status, detail).map(full)
+    }
+
+    /// A request refused before any claim (its event carries no key).
+    fn reject(
+        &self,
+        method: &Method,
+        uri: &http::Uri,
+        problem: Problem,
+        status: StatusCode,
+        detail: &str,
+    ) -> Response<Body> {
+        let kind = EventKind::Rejected;
+        self.event(method, uri, kind, None, Some(status), Some(detail));
         problem.response(status, detail).map(full)
     }
 
     /// 409 with a `Retry-After` clamped to the configured range.
-    fn conflict(&self, info: &RequestInfo, key: &ScopedKey, hint: Duration) -> Response<Body> {
+    fn conflict(&self, trace: Option<&Trace>, hint: Duration) -> Response<Body> {
         let (min, max) = self.config.retry_after;
         let secs = hint.clamp(min, max).as_secs().max(1);
         let detail = "A request with this Idempotency-Key is still being processed; retry later.";
         let mut response = self.problem(
-            info,
+            trace,
             EventKind::Conflict,
-            Some(key),
             Problem::InProgress,
             StatusCode::CONFLICT,
             detail,
@@ -414,11 +608,10 @@ impl<St> Shared<St> {
         response
     }
 
-    fn unavailable(&self, info: &RequestInfo, key: &ScopedKey, detail: &str) -> Response<Body> {
+    fn unavailable(&self, trace: Option<&Trace>, detail: &str) -> Response<Body> {
         let mut response = self.problem(
-            info,
+            trace,
             EventKind::Full,
-            Some(key),
             Problem::Unavailable,
             StatusCode::SERVICE_UNAVAILABLE,
             detail,
@@ -429,23 +622,39 @@ impl<St> Shared<St> {
         response
     }
 
+    fn mismatch(&self, trace: Option<&Trace>) -> Response<Body> {
+        let status = self.config.mismatch.status();
+        let detail =
+            "This Idempotency-Key was used with a different request (method, path, query or body).";
+        self.problem(trace, EventKind::Mismatch, Problem::KeyReused, status, detail)
+    }
+
     fn replay(
         &self,
-        info: &RequestInfo,
-        key: &ScopedKey,
+        trace: Option<&Trace>,
         stored: &StoredResponse,
         kind: EventKind,
     ) -> Response<Body> {
-        self.emit(info, kind, Some(key), Some(stored.status()), None);
+        self.emit(trace, kind, Some(stored.status()), None);
         stored.to_response().map(full)
     }
 }
 
-async fn handle<S, St, ReqBody, ResBody>(
+/// A protected request with a valid key, before its body is read.
+struct Claimant<S, St: Store> {
     shared: Arc<Shared<St>>,
     inner: S,
-    request: Request<ReqBody>,
-) -> Result<Response<Body>, S::Error>
+    parts: Parts,
+    store_key: St::Key,
+    trace: Option<Box<Trace>>,
+}
+
+/// Reads the body, claims the key and answers from the store, or hands
+/// back the handler's run for an acquired claim.
+async fn decide<S, St, ReqBody, ResBody>(
+    claimant: Claimant<S, St>,
+    body: ReqBody,
+) -> Decided<S::Error>
 where
     S: Service<Request<Body>, Response = Response<ResBody>> + Send + 'static,
     S::Future: Send + 'static,
@@ -457,68 +666,25 @@ where
     ResBody: HttpBody<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
-    let config = &shared.config;
-    let passthrough = |request: Request<ReqBody>, mut inner: S| async move {
-        let request = request.map(Body::new);
-        inner.call(request).await.map(boxed)
-    };
-    if !config.methods.contains(request.method()) {
-        return passthrough(request, inner).await;
-    }
-    let info = RequestInfo {
-        method: request.method().clone(),
-        uri: request.uri().clone(),
-    };
-    let key = match crate::parse_key(
-        request.headers(),
-        config.header.as_str(),
-        config.max_key_len,
-    ) {
-        Ok(key) => key,
-        Err(KeyError::Missing) if !config.require_key => return passthrough(request, inner).await,
-        Err(error) => {
-            return Ok(shared.problem(
-                &info,
-                EventKind::Rejected,
-                None,
-                Problem::BadKey,
-                StatusCode::BAD_REQUEST,
-                error.detail(),
-            ));
-        }
-    };
-    if shared.shutdown.is_closing() {
-        let mut response = shared.problem(
-            &info,
-            EventKind::Rejected,
-            None,
-            Problem::ShuttingDown,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "The server is shutting down; retry with the same Idempotency-Key.",
-        );
-        response
-            .headers_mut()
-            .insert(RETRY_AFTER, HeaderValue::from(1));
-        return Ok(response);
-    }
-    let (parts, body) = request.into_parts();
-    let body = match read_body(&parts, body, config.max_request_body).await {
+    let Claimant {
+        shared,
+        mut inner,
+        parts,
+        store_key,
+        trace,
+    } = claimant;
+    let body = match read_body(&parts, body, shared.config.max_request_body).await {
         Ok(body) => body,
         Err((problem, status, detail)) => {
-            return Ok(shared.problem(&info, EventKind::Rejected, None, problem, status, detail));
+            let response = shared.reject(&parts.method, &parts.uri, problem, status, detail);
+            return Decided::Respond(response);
         }
     };
-    let scope = config
-        .scope
-        .as_ref()
-        .map_or_else(Scope::anonymous, |scope| scope(&parts));
-    let key = ScopedKey::new(scope, key);
-    let store_key = St::Key::from(key.clone());
-    let fingerprint = (config.fingerprint)(&parts, &body);
+    let trace_ref = trace.as_deref();
+    let fingerprint = (shared.config.fingerprint)(&parts, &body);
     let claim_id = ClaimId::random();
-
     let mut claims = 0;
-    loop {
+    let token = loop {
         claims += 1;
         let claimed = match shared
             .store
@@ -526,73 +692,69 @@ where
             .await
         {
             Ok(claimed) => claimed,
-            Err(error) => return Ok(shared.unavailable(&info, &key, &store_detail(&error))),
+            Err(error) => {
+                return Decided::Respond(shared.unavailable(trace_ref, &store_detail(&error)));
+            }
         };
-        match claimed {
-            ClaimOutcome::Acquired(acquired) => {
-                let request = Request::from_parts(parts, full(body));
-                return execute(shared, inner, request, info, key, store_key, acquired.token).await;
-            }
+        let in_flight = match claimed {
+            ClaimOutcome::Acquired(acquired) => break acquired.token,
             ClaimOutcome::Completed(replay) => {
-                return Ok(shared.replay(&info, &key, replay.value(), EventKind::Replayed));
+                let response = shared.replay(trace_ref, replay.value(), EventKind::Replayed);
+                return Decided::Respond(response);
             }
-            ClaimOutcome::Mismatch => return Ok(mismatch(&shared, &info, &key)),
+            ClaimOutcome::Mismatch => return Decided::Respond(shared.mismatch(trace_ref)),
             ClaimOutcome::Full => {
-                return Ok(shared.unavailable(
-                    &info,
-                    &key,
-                    "The idempotency store is full; retry later.",
-                ));
+                let detail = "The idempotency store is full; retry later.";
+                return Decided::Respond(shared.unavailable(trace_ref, detail));
             }
-            ClaimOutcome::InProgress(in_flight) => {
-                let Some(timeout) = config
-                    .wait
-                    .filter(|_| !in_flight.abandoned && claims < MAX_CLAIMS)
-                else {
-                    return Ok(shared.conflict(&info, &key, in_flight.retry_after()));
-                };
-                let policy = WaitPolicy {
-                    timeout,
-                    ..WaitPolicy::default()
-                };
-                let seen = idemcache::store::wait_for_outcome(
-                    &shared.store,
-                    &store_key,
-                    Some(fingerprint),
-                    policy,
-                    tokio::time::sleep,
-                )
-                .await;
-                match seen {
-                    Ok(Peek::Completed(replay)) => {
-                        return Ok(shared.replay(&info, &key, replay.value(), EventKind::Waited));
-                    }
-                    Ok(Peek::Free) => continue, // released: this request runs
-                    Ok(Peek::Mismatch) => return Ok(mismatch(&shared, &info, &key)),
-                    Ok(Peek::InProgress(in_flight)) => {
-                        return Ok(shared.conflict(&info, &key, in_flight.retry_after()));
-                    }
-                    Err(error) => {
-                        return Ok(shared.unavailable(&info, &key, &store_detail(&error)));
-                    }
-                }
+            ClaimOutcome::InProgress(in_flight) => in_flight,
+        };
+        let Some(timeout) = shared
+            .config
+            .wait
+            .filter(|_| !in_flight.abandoned && claims < MAX_CLAIMS)
+        else {
+            return Decided::Respond(shared.conflict(trace_ref, in_flight.retry_after()));
+        };
+        let policy = WaitPolicy {
+            timeout,
+            ..WaitPolicy::default()
+        };
+        // Boxed: waiting is the rare path, and its timers would otherwise
+        // make every request's future larger.
+        let seen = Box::pin(idemcache::store::wait_for_outcome(
+            &shared.store,
+            &store_key,
+            Some(fingerprint),
+            policy,
+            tokio::time::sleep,
+        ))
+        .await;
+        let response = match seen {
+            Ok(Peek::Free) => continue, // released: this request runs
+            Ok(Peek::Completed(replay)) => {
+                shared.replay(trace_ref, replay.value(), EventKind::Waited)
             }
-        }
-    }
-}
-
-fn mismatch<St>(shared: &Shared<St>, info: &RequestInfo, key: &ScopedKey) -> Response<Body> {
-    let status = shared.config.mismatch.status();
-    let detail =
-        "This Idempotency-Key was used with a different request (method, path, query or body).";
-    shared.problem(
-        info,
-        EventKind::Mismatch,
-        Some(key),
-        Problem::KeyReused,
-        status,
-        detail,
-    )
+            Ok(Peek::Mismatch) => shared.mismatch(trace_ref),
+            Ok(Peek::InProgress(in_flight)) => {
+                shared.conflict(trace_ref, in_flight.retry_after())
+            }
+            Err(error) => shared.unavailable(trace_ref, &store_detail(&error)),
+        };
+        return Decided::Respond(response);
+    };
+    let in_flight = shared.shutdown.track();
+    // `call` itself runs here; only polling the handler is caught.
+    let handler = CatchUnwind {
+        future: inner.call(Request::from_parts(parts, full(body))),
+    };
+    let claim = Claim {
+        shared,
+        store_key,
+        token,
+        trace,
+    };
+    Decided::Execute(Box::pin(run_and_record(claim, handler, in_flight)))
 }
 
 fn store_detail(error: &StoreError) -> String {
@@ -633,40 +795,11 @@ where
     }
 }
 
-/// Runs the handler for an acquired claim, detached from the connection:
-/// a client that disconnects drops this future, not the handler, which
-/// finishes and stores its response for the retry to replay. The work runs
-/// in this future while it is polled (no task, no channel on the common
-/// path) and moves to a task of its own only if this future is dropped
-/// first.
-async fn execute<S, St, ResBody>(
-    shared: Arc<Shared<St>>,
-    inner: S,
-    request: Request<Body>,
-    info: RequestInfo,
-    key: ScopedKey,
-    store_key: St::Key,
-    token: u64,
-) -> Result<Response<Body>, S::Error>
-where
-    S: Service<Request<Body>, Response = Response<ResBody>> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    St: Store<Value = StoredResponse> + 'static,
-    St::Key: From<ScopedKey> + 'static,
-    ResBody: HttpBody<Data = Bytes> + Send + 'static,
-    ResBody::Error: Into<BoxError>,
-{
-    let in_flight = shared.shutdown.track();
-    Detachable(Some(Box::pin(async move {
-        let _in_flight = in_flight;
-        run_and_record(&shared, inner, request, &info, (&key, &store_key), token).await
-    })))
-    .await
-}
-
 /// A future that, dropped before it completes, finishes on a task of its
 /// own (the client's connection went away; the handler's work must not).
+/// The handler's run is polled in place while the client waits (no task,
+/// no channel on the common path) and moves to a task only if this is
+/// dropped first.
 struct Detachable<T: 'static>(Option<Pin<Box<dyn Future<Output = T> + Send>>>);
 
 impl<T: 'static> Future for Detachable<T> {
@@ -674,7 +807,7 @@ impl<T: 'static> Future for Detachable<T> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
         let future = self.0.as_mut().expect("polled after completion");
-        let output = std::task::ready!(future.as_mut().poll(cx));
+        let output = ready!(future.as_mut().poll(cx));
         self.0 = None;
         Poll::Ready(output)
     }
@@ -697,66 +830,67 @@ impl<T: 'static> Drop for Detachable<T> {
     }
 }
 
-async fn run_and_record<S, St, ResBody>(
-    shared: &Shared<St>,
-    mut inner: S,
-    request: Request<Body>,
-    info: &RequestInfo,
-    (key, store_key): (&ScopedKey, &St::Key),
+/// An acquired claim, for recording the handler's outcome.
+struct Claim<St: Store> {
+    shared: Arc<Shared<St>>,
+    store_key: St::Key,
     token: u64,
-) -> Result<Response<Body>, S::Error>
+    trace: Option<Box<Trace>>,
+}
+
+impl<St> Claim<St>
 where
-    S: Service<Request<Body>, Response = Response<ResBody>> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    St: Store<Value = StoredResponse> + 'static,
-    St::Key: From<ScopedKey> + 'static,
+    St: Store<Value = StoredResponse>,
+{
+    /// Gives the claim up without an outcome (the key stays held until its
+    /// lease lapses), with an event. Boxed: a rare path, kept out of the
+    /// size of every request's future.
+    async fn abandon(&self, status: Option<StatusCode>, detail: &str) {
+        let _ = Box::pin(self.shared.store.abandon(&self.store_key, self.token)).await;
+        let trace = self.trace.as_deref();
+        self.shared
+            .emit(trace, EventKind::Abandoned, status, Some(detail));
+    }
+}
+
+async fn run_and_record<F, St, ResBody, E>(
+    claim: Claim<St>,
+    handler: CatchUnwind<F>,
+    _in_flight: InFlight,
+) -> Result<Response<Body>, E>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+    St: Store<Value = StoredResponse>,
     ResBody: HttpBody<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
+    let (shared, store_key, token) = (&claim.shared, &claim.store_key, claim.token);
+    let trace = claim.trace.as_deref();
     let store = &shared.store;
     let config = &shared.config;
     // A panic is caught, so the claim is still recorded as abandoned.
-    let handler = CatchUnwind(Box::pin(inner.call(request)));
     let joined = renew_while(handler, store, store_key, token, config.renew_ceiling).await;
     let response = match joined {
         Ok(Ok(response)) => response,
         Ok(Err(error)) => {
             // No response: what the handler did is unknown.
-            let _ = store.abandon(store_key, token).await;
-            shared.emit(
-                info,
-                EventKind::Abandoned,
-                Some(key),
-                None,
-                Some("the service returned an error"),
-            );
+            claim.abandon(None, "the service returned an error").await;
             return Err(error);
         }
         Err(_panicked) => {
-            let _ = store.abandon(store_key, token).await;
             let detail = "The request failed; retry with the same Idempotency-Key later.";
-            return Ok(shared.problem(
-                info,
-                EventKind::Abandoned,
-                Some(key),
-                Problem::HandlerFailed,
-                StatusCode::INTERNAL_SERVER_ERROR,
-                detail,
-            ));
+            claim.abandon(None, detail).await;
+            let problem = Problem::HandlerFailed;
+            return Ok(problem
+                .response(StatusCode::INTERNAL_SERVER_ERROR, detail)
+                .map(full));
         }
     };
     let (parts, body) = response.into_parts();
     if parts.status.is_server_error() {
         // A failure worth retrying: nothing is kept.
-        let _ = store.release(store_key, token).await;
-        shared.emit(
-            info,
-            EventKind::Released,
-            Some(key),
-            Some(parts.status),
-            None,
-        );
+        let _ = Box::pin(store.release(store_key, token)).await;
+        shared.emit(trace, EventKind::Released, Some(parts.status), None);
         return Ok(boxed(Response::from_parts(parts, body)));
     }
     let cap = config.max_response_body as u64;
@@ -764,31 +898,20 @@ where
     if hint.upper().is_none_or(|upper| upper > cap) || hint.exact().is_none() {
         // Streaming or too large to store: returned as it came; its
         // outcome is not kept, so the key stays held until the lease lapses.
-        let _ = store.abandon(store_key, token).await;
         let detail = "response streaming or over the size cap: not stored";
-        shared.emit(
-            info,
-            EventKind::Abandoned,
-            Some(key),
-            Some(parts.status),
-            Some(detail),
-        );
+        claim.abandon(Some(parts.status), detail).await;
         return Ok(boxed(Response::from_parts(parts, body)));
     }
     let bytes = match Limited::new(body, config.max_response_body).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(_) => {
-            let _ = store.abandon(store_key, token).await;
             let detail =
                 "The response could not be produced; retry with the same Idempotency-Key later.";
-            return Ok(shared.problem(
-                info,
-                EventKind::Abandoned,
-                Some(key),
-                Problem::HandlerFailed,
-                StatusCode::INTERNAL_SERVER_ERROR,
-                detail,
-            ));
+            claim.abandon(None, detail).await;
+            let problem = Problem::HandlerFailed;
+            return Ok(problem
+                .response(StatusCode::INTERNAL_SERVER_ERROR, detail)
+                .map(full));
         }
     };
     let stored = StoredResponse::capture(
@@ -798,59 +921,34 @@ where
         bytes.clone(),
     );
     let response = Response::from_parts(parts, full(bytes));
+    let status = Some(response.status());
     match store
         .complete(store_key, token, stored, config.retention)
         .await
     {
         Ok(Completion::Stored { .. }) => {
-            shared.emit(
-                info,
-                EventKind::Executed,
-                Some(key),
-                Some(response.status()),
-                None,
-            );
+            shared.emit(trace, EventKind::Executed, status, None);
         }
         Ok(Completion::NotStored(reason)) => {
             let detail = format!("response not stored ({reason:?}): a retry runs again");
-            shared.emit(
-                info,
-                EventKind::Executed,
-                Some(key),
-                Some(response.status()),
-                Some(&detail),
-            );
+            shared.emit(trace, EventKind::Executed, status, Some(&detail));
         }
         Err(StoreError::Fenced(_)) => {
             // The lease lapsed and another request took the key over:
             // answer with what the key holds now.
-            shared.emit(
-                info,
-                EventKind::Fenced,
-                Some(key),
-                Some(response.status()),
-                None,
-            );
-            return Ok(match store.peek(store_key, None).await {
+            shared.emit(trace, EventKind::Fenced, status, None);
+            return Ok(match Box::pin(store.peek(store_key, None)).await {
                 Ok(Peek::Completed(replay)) => {
-                    shared.replay(info, key, replay.value(), EventKind::Replayed)
+                    shared.replay(trace, replay.value(), EventKind::Replayed)
                 }
-                Ok(Peek::InProgress(in_flight)) => {
-                    shared.conflict(info, key, in_flight.retry_after())
-                }
+                Ok(Peek::InProgress(in_flight)) => shared.conflict(trace, in_flight.retry_after()),
                 _ => response,
             });
         }
         Err(error) => {
             let detail =
                 format!("response not stored ({error}): the key stays held until its lease lapses");
-            shared.emit(
-                info,
-                EventKind::Abandoned,
-                Some(key),
-                Some(response.status()),
-                Some(&detail),
-            );
+            shared.emit(trace, EventKind::Abandoned, status, Some(&detail));
         }
     }
     Ok(response)
@@ -859,15 +957,20 @@ where
 /// The handler panicked.
 struct Panicked;
 
-/// Resolves to the future's output, or to [`Panicked`] if polling it
-/// panicked.
-struct CatchUnwind<F>(Pin<Box<F>>);
+pin_project_lite::pin_project! {
+    /// Resolves to the future's output, or to [`Panicked`] if polling it
+    /// panicked.
+    struct CatchUnwind<F> {
+        #[pin]
+        future: F,
+    }
+}
 
 impl<F: Future> Future for CatchUnwind<F> {
     type Output = Result<F::Output, Panicked>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let future = self.0.as_mut();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let future = self.project().future;
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| future.poll(cx))) {
             Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
             Ok(Poll::Pending) => Poll::Pending,
@@ -878,7 +981,8 @@ impl<F: Future> Future for CatchUnwind<F> {
 
 /// Awaits `handler`, renewing the claim's lease every third of it until
 /// `ceiling` has passed (then the lease runs out on its own). The renewal
-/// timer is only set up if the handler does not finish at once.
+/// timer is only set up, in a box of its own, if the handler does not
+/// finish at once.
 async fn renew_while<F, St>(
     handler: F,
     store: &St,
@@ -895,12 +999,26 @@ where
     if let Poll::Ready(output) = first {
         return output;
     }
+    Box::pin(renew_until_done(handler, store, key, token, ceiling)).await
+}
+
+async fn renew_until_done<F, St>(
+    mut handler: Pin<&mut F>,
+    store: &St,
+    key: &St::Key,
+    token: u64,
+    ceiling: Duration,
+) -> F::Output
+where
+    F: Future,
+    St: Store,
+{
     let started = Instant::now();
     let every = (store.lease() / 3).max(Duration::from_millis(10));
     let mut renewing = true;
     loop {
         tokio::select! {
-            output = &mut handler => return output,
+            output = handler.as_mut() => return output,
             () = tokio::time::sleep(every), if renewing => {
                 if started.elapsed() + store.lease() > ceiling {
                     renewing = false;

@@ -96,7 +96,7 @@ pub use event::{Event, EventKind};
 pub use key::{KeyError, MAX_KEY_LEN, Scope, ScopedKey, parse_key};
 #[cfg(feature = "tower")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
-pub use layer::{IdempotencyLayer, IdempotencyLayerBuilder, IdempotencyService};
+pub use layer::{IdempotencyLayer, IdempotencyLayerBuilder, IdempotencyService, ResponseFuture};
 pub use problem::Problem;
 pub use shutdown::ShutdownHandle;
 pub use stored::{DEFAULT_STORED_HEADERS, DecodeError, StoredResponse};

@@ -45,6 +45,8 @@ struct Controls {
     fail: Option<u16>,
     status: Option<u16>,
     stream: Option<bool>,
+    /// Panic after counting the execution.
+    panic: Option<bool>,
 }
 
 async fn charge(
@@ -70,6 +72,9 @@ async fn charge(
         && ledger.executions(&key) == 1
     {
         tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    if controls.panic == Some(true) {
+        panic!("the handler failed mid side effect");
     }
     if controls.stream == Some(true) {
         return (StatusCode::OK, AxumBody::new(TwoChunks(0))).into_response();
@@ -709,4 +714,79 @@ async fn a_broken_request_body_is_400_and_runs_nothing() {
         "application/problem+json"
     );
     assert_eq!(ledger.executions("k17"), 0);
+}
+
+#[tokio::test]
+async fn a_handler_that_panics_gets_a_500_problem_and_its_key_stays_held() {
+    let server = serve(|b| b).await;
+    let (status, body) = problem(server.post("/charges?panic=true", Some("k18"), "{}").await).await;
+    assert_eq!(status, 500);
+    assert_eq!(body["status"], 500);
+    // What the handler did is unknown: the key is held until its lease
+    // lapses, so the retry does not run it again.
+    let (status, _) = problem(server.post("/charges?panic=true", Some("k18"), "{}").await).await;
+    assert_eq!(status, 409);
+    assert_eq!(server.ledger.executions("k18"), 1);
+    assert!(server.events().contains(&EventKind::Abandoned));
+}
+
+#[tokio::test]
+async fn without_an_event_hook_the_defaults_hold() {
+    let ledger = Arc::new(Ledger::default());
+    let app = Router::new()
+        .route("/charges", post(charge))
+        .route("/refunds", post(charge))
+        .with_state(Arc::clone(&ledger))
+        .layer(IdempotencyLayer::unscoped(Store::new()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let client = reqwest::Client::new();
+    let post = |path: &str, key: Option<&str>| {
+        let mut request = client.post(format!("http://{address}{path}")).body("{}");
+        if let Some(key) = key {
+            request = request.header("idempotency-key", key);
+        }
+        request.send()
+    };
+    let first = post("/charges", Some("k19")).await.unwrap();
+    assert_eq!(first.status(), 201);
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    let retry = post("/charges", Some("k19")).await.unwrap();
+    assert_eq!(retry.status(), 201);
+    assert_eq!(retry.headers()["idempotent-replayed"], "true");
+    assert_eq!(ledger.executions("k19"), 1);
+    let (status, _) = problem(post("/refunds", Some("k19")).await.unwrap()).await;
+    assert_eq!(status, 422);
+    let (status, _) = problem(post("/charges", None).await.unwrap()).await;
+    assert_eq!(status, 400);
+    let running = tokio::spawn(post("/charges?delay_ms=300", Some("k20")));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (status, _) = problem(post("/charges?delay_ms=300", Some("k20")).await.unwrap()).await;
+    assert_eq!(status, 409);
+    assert_eq!(running.await.unwrap().unwrap().status(), 201);
+    assert_eq!(ledger.executions("k20"), 1);
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_before_its_body_arrives_runs_nothing_and_leaves_the_key_free() {
+    use tokio::io::AsyncWriteExt;
+    let server = serve(|b| b).await;
+    let mut stream = tokio::net::TcpStream::connect(server.address).await.unwrap();
+    stream
+        .write_all(
+            b"POST /charges HTTP/1.1\r\nhost: localhost\r\nidempotency-key: k21\r\n\
+              content-length: 10\r\n\r\n{\"a\":",
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(stream); // gone before the rest of its body
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(server.ledger.executions("k21"), 0);
+    // Nothing was claimed: the retry runs at once, neither 409 nor replay.
+    let retry = server.post("/charges", Some("k21"), "{\"a\":1}").await;
+    assert_eq!(retry.status(), 201);
+    assert!(retry.headers().get("idempotent-replayed").is_none());
+    assert_eq!(server.ledger.executions("k21"), 1);
 }
