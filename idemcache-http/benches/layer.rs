@@ -148,7 +148,9 @@ async fn in_process(n: u64) -> [f64; 3] {
     .enumerate()
     {
         if let Ok(only) = std::env::var("PROFILE_ONLY") {
-            if only != workload.name() { continue; }
+            if only != workload.name() {
+                continue;
+            }
         }
         let start = Instant::now();
         for i in 0..n {

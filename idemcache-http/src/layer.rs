@@ -626,7 +626,13 @@ impl<St> Shared<St> {
         let status = self.config.mismatch.status();
         let detail =
             "This Idempotency-Key was used with a different request (method, path, query or body).";
-        self.problem(trace, EventKind::Mismatch, Problem::KeyReused, status, detail)
+        self.problem(
+            trace,
+            EventKind::Mismatch,
+            Problem::KeyReused,
+            status,
+            detail,
+        )
     }
 
     fn replay(
@@ -736,25 +742,22 @@ where
                 shared.replay(trace_ref, replay.value(), EventKind::Waited)
             }
             Ok(Peek::Mismatch) => shared.mismatch(trace_ref),
-            Ok(Peek::InProgress(in_flight)) => {
-                shared.conflict(trace_ref, in_flight.retry_after())
-            }
+            Ok(Peek::InProgress(in_flight)) => shared.conflict(trace_ref, in_flight.retry_after()),
             Err(error) => shared.unavailable(trace_ref, &store_detail(&error)),
         };
         return Decided::Respond(response);
     };
-    let in_flight = shared.shutdown.track();
+    let _in_flight = shared.shutdown.track();
     // `call` itself runs here; only polling the handler is caught.
-    let handler = CatchUnwind {
-        future: inner.call(Request::from_parts(parts, full(body))),
-    };
+    let handler = CatchUnwind(Box::pin(inner.call(Request::from_parts(parts, full(body)))));
     let claim = Claim {
         shared,
         store_key,
         token,
         trace,
+        _in_flight,
     };
-    Decided::Execute(Box::pin(run_and_record(claim, handler, in_flight)))
+    Decided::Execute(Box::pin(run_and_record(claim, handler)))
 }
 
 fn store_detail(error: &StoreError) -> String {
@@ -836,12 +839,87 @@ struct Claim<St: Store> {
     store_key: St::Key,
     token: u64,
     trace: Option<Box<Trace>>,
+    /// Counts the run for graceful shutdown until it ends.
+    _in_flight: InFlight,
+}
+
+/// Why a handler left no response to record.
+enum Failure<E> {
+    /// The service returned an error.
+    Error(E),
+    /// Polling the handler panicked.
+    Panicked,
+}
+
+/// Runs the handler for an acquired claim and records its outcome.
+///
+/// Written as phases (`run`, then `record` or `fail`), each its own
+/// future awaited in turn, and returned as a block that uses its captures
+/// in place: an `async fn` would copy its arguments, and locals that live
+/// across several awaits would each keep a slot, making this future (one
+/// allocation per first execution) larger than the allocator's fast path.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn would copy its arguments into the future a second time"
+)]
+fn run_and_record<F, St, ResBody, E>(
+    claim: Claim<St>,
+    handler: CatchUnwind<F>,
+) -> impl Future<Output = Result<Response<Body>, E>>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+    St: Store<Value = StoredResponse>,
+    ResBody: HttpBody<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    async move {
+        match claim.run(handler).await {
+            Ok(response) => Ok(claim.record(response).await),
+            Err(failure) => claim.fail(failure).await,
+        }
+    }
 }
 
 impl<St> Claim<St>
 where
     St: Store<Value = StoredResponse>,
 {
+    /// Awaits the handler, renewing the lease while it runs; a panic is
+    /// caught, so the claim is still recorded as abandoned.
+    async fn run<F, R, E>(&self, handler: CatchUnwind<F>) -> Result<Response<R>, Failure<E>>
+    where
+        F: Future<Output = Result<Response<R>, E>>,
+    {
+        let (store, ceiling) = (&self.shared.store, self.shared.config.renew_ceiling);
+        match renew_while(handler, store, &self.store_key, self.token, ceiling).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(error)) => Err(Failure::Error(error)),
+            Err(Panicked) => Err(Failure::Panicked),
+        }
+    }
+
+    /// No response: what the handler did is unknown, so the claim is
+    /// abandoned (the key stays held until its lease lapses).
+    async fn fail<E>(&self, failure: Failure<E>) -> Result<Response<Body>, E> {
+        match failure {
+            Failure::Error(error) => {
+                self.abandon(None, "the service returned an error").await;
+                Err(error)
+            }
+            Failure::Panicked => {
+                let detail = "The request failed; retry with the same Idempotency-Key later.";
+                self.abandon(None, detail).await;
+                Ok(Self::handler_failed(detail))
+            }
+        }
+    }
+
+    fn handler_failed(detail: &str) -> Response<Body> {
+        Problem::HandlerFailed
+            .response(StatusCode::INTERNAL_SERVER_ERROR, detail)
+            .map(full)
+    }
+
     /// Gives the claim up without an outcome (the key stays held until its
     /// lease lapses), with an event. Boxed: a rare path, kept out of the
     /// size of every request's future.
@@ -851,126 +929,102 @@ where
         self.shared
             .emit(trace, EventKind::Abandoned, status, Some(detail));
     }
-}
 
-async fn run_and_record<F, St, ResBody, E>(
-    claim: Claim<St>,
-    handler: CatchUnwind<F>,
-    _in_flight: InFlight,
-) -> Result<Response<Body>, E>
-where
-    F: Future<Output = Result<Response<ResBody>, E>>,
-    St: Store<Value = StoredResponse>,
-    ResBody: HttpBody<Data = Bytes> + Send + 'static,
-    ResBody::Error: Into<BoxError>,
-{
-    let (shared, store_key, token) = (&claim.shared, &claim.store_key, claim.token);
-    let trace = claim.trace.as_deref();
-    let store = &shared.store;
-    let config = &shared.config;
-    // A panic is caught, so the claim is still recorded as abandoned.
-    let joined = renew_while(handler, store, store_key, token, config.renew_ceiling).await;
-    let response = match joined {
-        Ok(Ok(response)) => response,
-        Ok(Err(error)) => {
-            // No response: what the handler did is unknown.
-            claim.abandon(None, "the service returned an error").await;
-            return Err(error);
+    /// Stores the handler's response (2xx–4xx), releases the key (5xx),
+    /// or abandons the claim (streaming, oversized or broken response).
+    async fn record<R>(&self, response: Response<R>) -> Response<Body>
+    where
+        R: HttpBody<Data = Bytes> + Send + 'static,
+        R::Error: Into<BoxError>,
+    {
+        let (shared, store_key, token) = (&self.shared, &self.store_key, self.token);
+        let (store, config) = (&shared.store, &shared.config);
+        let trace = self.trace.as_deref();
+        let (parts, body) = response.into_parts();
+        if parts.status.is_server_error() {
+            // A failure worth retrying: nothing is kept.
+            let _ = Box::pin(store.release(store_key, token)).await;
+            shared.emit(trace, EventKind::Released, Some(parts.status), None);
+            return boxed(Response::from_parts(parts, body));
         }
-        Err(_panicked) => {
-            let detail = "The request failed; retry with the same Idempotency-Key later.";
-            claim.abandon(None, detail).await;
-            let problem = Problem::HandlerFailed;
-            return Ok(problem
-                .response(StatusCode::INTERNAL_SERVER_ERROR, detail)
-                .map(full));
+        let cap = config.max_response_body as u64;
+        let hint = body.size_hint();
+        if hint.upper().is_none_or(|upper| upper > cap) || hint.exact().is_none() {
+            // Streaming or too large to store: returned as it came; its
+            // outcome is not kept, so the key stays held until the lease
+            // lapses.
+            let detail = "response streaming or over the size cap: not stored";
+            self.abandon(Some(parts.status), detail).await;
+            return boxed(Response::from_parts(parts, body));
         }
-    };
-    let (parts, body) = response.into_parts();
-    if parts.status.is_server_error() {
-        // A failure worth retrying: nothing is kept.
-        let _ = Box::pin(store.release(store_key, token)).await;
-        shared.emit(trace, EventKind::Released, Some(parts.status), None);
-        return Ok(boxed(Response::from_parts(parts, body)));
-    }
-    let cap = config.max_response_body as u64;
-    let hint = body.size_hint();
-    if hint.upper().is_none_or(|upper| upper > cap) || hint.exact().is_none() {
-        // Streaming or too large to store: returned as it came; its
-        // outcome is not kept, so the key stays held until the lease lapses.
-        let detail = "response streaming or over the size cap: not stored";
-        claim.abandon(Some(parts.status), detail).await;
-        return Ok(boxed(Response::from_parts(parts, body)));
-    }
-    let bytes = match Limited::new(body, config.max_response_body).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(_) => {
+        let collected = Limited::new(body, config.max_response_body)
+            .collect()
+            .await
+            .map(|collected| collected.to_bytes());
+        let Ok(bytes) = collected else {
             let detail =
                 "The response could not be produced; retry with the same Idempotency-Key later.";
-            claim.abandon(None, detail).await;
-            let problem = Problem::HandlerFailed;
-            return Ok(problem
-                .response(StatusCode::INTERNAL_SERVER_ERROR, detail)
-                .map(full));
+            self.abandon(None, detail).await;
+            return Self::handler_failed(detail);
+        };
+        let stored = StoredResponse::capture(
+            parts.status,
+            &parts.headers,
+            &config.stored_headers,
+            bytes.clone(),
+        );
+        let response = Response::from_parts(parts, full(bytes));
+        let status = Some(response.status());
+        match store
+            .complete(store_key, token, stored, config.retention)
+            .await
+        {
+            Ok(Completion::Stored { .. }) => {
+                shared.emit(trace, EventKind::Executed, status, None);
+            }
+            Ok(Completion::NotStored(reason)) => {
+                let detail = format!("response not stored ({reason:?}): a retry runs again");
+                shared.emit(trace, EventKind::Executed, status, Some(&detail));
+            }
+            Err(StoreError::Fenced(_)) => {
+                // The lease lapsed and another request took the key over:
+                // answer with what the key holds now.
+                shared.emit(trace, EventKind::Fenced, status, None);
+                return match Box::pin(store.peek(store_key, None)).await {
+                    Ok(Peek::Completed(replay)) => {
+                        shared.replay(trace, replay.value(), EventKind::Replayed)
+                    }
+                    Ok(Peek::InProgress(in_flight)) => {
+                        shared.conflict(trace, in_flight.retry_after())
+                    }
+                    _ => response,
+                };
+            }
+            Err(error) => {
+                let detail = format!(
+                    "response not stored ({error}): the key stays held until its lease lapses"
+                );
+                shared.emit(trace, EventKind::Abandoned, status, Some(&detail));
+            }
         }
-    };
-    let stored = StoredResponse::capture(
-        parts.status,
-        &parts.headers,
-        &config.stored_headers,
-        bytes.clone(),
-    );
-    let response = Response::from_parts(parts, full(bytes));
-    let status = Some(response.status());
-    match store
-        .complete(store_key, token, stored, config.retention)
-        .await
-    {
-        Ok(Completion::Stored { .. }) => {
-            shared.emit(trace, EventKind::Executed, status, None);
-        }
-        Ok(Completion::NotStored(reason)) => {
-            let detail = format!("response not stored ({reason:?}): a retry runs again");
-            shared.emit(trace, EventKind::Executed, status, Some(&detail));
-        }
-        Err(StoreError::Fenced(_)) => {
-            // The lease lapsed and another request took the key over:
-            // answer with what the key holds now.
-            shared.emit(trace, EventKind::Fenced, status, None);
-            return Ok(match Box::pin(store.peek(store_key, None)).await {
-                Ok(Peek::Completed(replay)) => {
-                    shared.replay(trace, replay.value(), EventKind::Replayed)
-                }
-                Ok(Peek::InProgress(in_flight)) => shared.conflict(trace, in_flight.retry_after()),
-                _ => response,
-            });
-        }
-        Err(error) => {
-            let detail =
-                format!("response not stored ({error}): the key stays held until its lease lapses");
-            shared.emit(trace, EventKind::Abandoned, status, Some(&detail));
-        }
+        response
     }
-    Ok(response)
 }
 
 /// The handler panicked.
 struct Panicked;
 
-pin_project_lite::pin_project! {
-    /// Resolves to the future's output, or to [`Panicked`] if polling it
-    /// panicked.
-    struct CatchUnwind<F> {
-        #[pin]
-        future: F,
-    }
-}
+/// Resolves to the future's output, or to [`Panicked`] if polling it
+/// panicked. The handler's future is boxed so that the run's own future
+/// stays small: it is moved a few times, and a large one (over 1 KiB)
+/// would take the allocator's slow path.
+struct CatchUnwind<F>(Pin<Box<F>>);
 
 impl<F: Future> Future for CatchUnwind<F> {
     type Output = Result<F::Output, Panicked>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let future = self.project().future;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let future = self.0.as_mut();
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| future.poll(cx))) {
             Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
             Ok(Poll::Pending) => Poll::Pending,

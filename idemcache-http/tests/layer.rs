@@ -772,7 +772,9 @@ async fn without_an_event_hook_the_defaults_hold() {
 async fn a_client_that_disconnects_before_its_body_arrives_runs_nothing_and_leaves_the_key_free() {
     use tokio::io::AsyncWriteExt;
     let server = serve(|b| b).await;
-    let mut stream = tokio::net::TcpStream::connect(server.address).await.unwrap();
+    let mut stream = tokio::net::TcpStream::connect(server.address)
+        .await
+        .unwrap();
     stream
         .write_all(
             b"POST /charges HTTP/1.1\r\nhost: localhost\r\nidempotency-key: k21\r\n\
