@@ -13,11 +13,14 @@
 //! - **replay, 1,024 keys**: the same over 1,024 completed keys taken in
 //!   turn, as retries of different requests arrive (loopback only).
 //!
-//! Each is run in rounds interleaved with the others (so drift on a shared
-//! machine spreads over all three) with `BENCH_CONCURRENCY` client tasks
-//! (default 4) for `BENCH_SECONDS` per round (default 2) × 3 rounds.
-//! Reported: requests/s, the ratio to bare from the same run, and p50/p99
-//! latency.
+//! Each is run in short rounds interleaved with the others (so drift on a
+//! shared machine spreads over all of them) with `BENCH_CONCURRENCY` client
+//! tasks (default 4): `BENCH_ROUNDS` rounds (default 12) of `BENCH_SECONDS`
+//! each (default 0.5). Reported: requests/s, the ratio to bare from the
+//! same run (over all rounds, and the median of the rounds' own ratios,
+//! which a burst of load on one round cannot move), and p50/p99 latency.
+//! `BENCH_ONLY=<text>` runs only the loopback workloads whose name
+//! contains it (to profile one).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -92,6 +95,16 @@ async fn send(client: &HttpClient, address: SocketAddr, key: &str) {
     response.into_body().collect().await.unwrap();
 }
 
+/// The CPU time this process (client and server together) has used, in
+/// seconds: user + system from `/proc/self/stat`; `None` off Linux.
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0) // USER_HZ
+}
+
 /// Runs `workload` for `seconds` with `tasks` client tasks; latencies in µs.
 async fn round(
     client: &HttpClient,
@@ -126,6 +139,11 @@ async fn round(
         all.extend(handle.await.unwrap());
     }
     (all.len() as u64, all)
+}
+
+/// Whether `BENCH_ONLY` (if set) selects `workload`.
+fn selected(workload: Workload) -> bool {
+    std::env::var("BENCH_ONLY").map_or(true, |only| workload.name().contains(&only))
 }
 
 /// The layer's CPU cost without the network: the router called in
@@ -186,21 +204,23 @@ fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
-    let tasks: usize = std::env::var("BENCH_CONCURRENCY")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(4);
-    let seconds: f64 = std::env::var("BENCH_SECONDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2.0);
+    let setting = |name: &str, default: f64| -> f64 {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let tasks = setting("BENCH_CONCURRENCY", 4.0) as usize;
+    let rounds = setting("BENCH_ROUNDS", 12.0) as usize;
+    let seconds = setting("BENCH_SECONDS", 0.5);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
     runtime.block_on(async {
-        let [bare_us, first_us, replay_us] = in_process(200_000).await;
+        if std::env::var_os("BENCH_ONLY").is_none() {
+            let [bare_us, first_us, replay_us] = in_process(200_000).await;
         println!("In process (the router called directly, no network), µs per request:");
         println!();
         println!("| workload | µs/request | added |");
@@ -209,9 +229,6 @@ fn main() {
         println!("| first execution (layer) | {first_us:.2} | {:+.2} |", first_us - bare_us);
         println!("| replay (layer) | {replay_us:.2} | {:+.2} |", replay_us - bare_us);
         println!();
-        if std::env::var_os("PROFILE_ONLY").is_some() {
-            for _ in 0..10 { in_process(200_000).await; }
-            return;
         }
         let bare = serve(Router::new().route("/charges", post(charge))).await;
         let store: Cache<ScopedKey, StoredResponse> = Cache::builder().max_entries(10_000_000).build().unwrap();
@@ -223,49 +240,74 @@ fn main() {
         for i in 0..REPLAYED_KEYS {
             send(&client, layered, &format!("replayed-{i}")).await;
         }
-        let workloads = [
+        let workloads: Vec<Workload> = [
             Workload::Bare,
             Workload::First,
             Workload::Replay,
             Workload::ReplayMany,
-        ];
-        for workload in workloads {
-            let address = if workload == Workload::Bare { bare } else { layered };
-            round(&client, address, workload, tasks, 0.5, &next_key).await;
+        ]
+        .into_iter()
+        .filter(|&workload| selected(workload))
+        .collect();
+        let address = |workload| if workload == Workload::Bare { bare } else { layered };
+        for &workload in &workloads {
+            round(&client, address(workload), workload, tasks, 0.5, &next_key).await;
         }
-        let mut results: Vec<(u64, Vec<f64>)> = vec![(0, Vec::new()); workloads.len()];
-        for _ in 0..3 {
-            for (i, &workload) in workloads.iter().enumerate() {
-                let address = if workload == Workload::Bare { bare } else { layered };
-                let (count, latencies) = round(&client, address, workload, tasks, seconds, &next_key).await;
-                results[i].0 += count;
-                results[i].1.extend(latencies);
+        // Per workload: requests in each round, CPU seconds, every latency.
+        let mut counts = vec![Vec::new(); workloads.len()];
+        let mut cpu = vec![0.0; workloads.len()];
+        let mut latencies = vec![Vec::new(); workloads.len()];
+        for round_index in 0..rounds {
+            // Rotate the order, so no workload always follows another.
+            for step in 0..workloads.len() {
+                let i = (step + round_index) % workloads.len();
+                let workload = workloads[i];
+                let cpu_before = cpu_seconds();
+                let (count, measured) = round(&client, address(workload), workload, tasks, seconds, &next_key).await;
+                if let (Some(after), Some(before)) = (cpu_seconds(), cpu_before) {
+                    cpu[i] += after - before;
+                }
+                counts[i].push(count);
+                latencies[i].extend(measured);
             }
         }
-        let total = 3.0 * seconds;
-        let bare_rps = results[0].0 as f64 / total;
-        println!("{tasks} client tasks, 2 server worker threads, {total} s per workload in 3 interleaved rounds");
+        let total = rounds as f64 * seconds;
+        let bare_index = workloads.iter().position(|&w| w == Workload::Bare);
+        println!("{tasks} client tasks, 2 server worker threads, {total} s per workload in {rounds} interleaved rounds");
         println!();
-        println!("| workload | requests/s | vs bare | p50 µs | p99 µs |");
-        println!("|---|---|---|---|---|");
-        let mut bare_p = (0.0, 0.0);
+        println!("CPU µs/request: the process's CPU time (client, server and kernel work on its behalf) over its requests.");
+        println!();
+        println!("| workload | requests/s | vs bare | vs bare, median of rounds | CPU µs/request | p50 µs | p99 µs |");
+        println!("|---|---|---|---|---|---|---|");
+        let summary = |i: usize| {
+            let sorted = &mut latencies[i].clone();
+            sorted.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            let requests = counts[i].iter().sum::<u64>() as f64;
+            let cpu_us = cpu[i] * 1e6 / requests;
+            (requests / total, cpu_us, percentile(sorted, 0.50), percentile(sorted, 0.99))
+        };
+        let bare_summary = bare_index.map(summary);
         for (i, workload) in workloads.iter().enumerate() {
-            let (count, latencies) = &mut results[i];
-            latencies.sort_by(|a, b| a.partial_cmp(b).unwrap());
-            let (p50, p99) = (percentile(latencies, 0.50), percentile(latencies, 0.99));
-            if i == 0 {
-                bare_p = (p50, p99);
-            }
-            let rps = *count as f64 / total;
+            let (rps, cpu_us, p50, p99) = summary(i);
+            let Some((bare_rps, bare_cpu_us, bare_p50, bare_p99)) = bare_summary else {
+                println!("| {} | {rps:.0} | | | {cpu_us:.1} | {p50:.0} | {p99:.0} |", workload.name());
+                continue;
+            };
+            let bare_counts = &counts[bare_index.unwrap()];
+            let mut ratios: Vec<f64> = counts[i]
+                .iter()
+                .zip(bare_counts)
+                .map(|(&count, &bare)| count as f64 / bare as f64)
+                .collect();
+            ratios.sort_by(|a, b| a.partial_cmp(b).unwrap());
             println!(
-                "| {} | {:.0} | {:.2}× | {:.0} (+{:.0}) | {:.0} (+{:.0}) |",
+                "| {} | {rps:.0} | {:.2}× | {:.2}× | {cpu_us:.1} ({:+.1}) | {p50:.0} ({:+.0}) | {p99:.0} ({:+.0}) |",
                 workload.name(),
-                rps,
                 rps / bare_rps,
-                p50,
-                p50 - bare_p.0,
-                p99,
-                p99 - bare_p.1
+                percentile(&ratios, 0.5),
+                cpu_us - bare_cpu_us,
+                p50 - bare_p50,
+                p99 - bare_p99,
             );
         }
     });
