@@ -79,10 +79,14 @@ mod digest {
             I: IntoIterator,
             I::Item: AsRef<[u8]>,
         {
-            parts
-                .into_iter()
-                .fold(Fingerprint::builder(), FingerprintBuilder::part)
-                .finish()
+            // The builder's steps on one digest in place (the builder moves
+            // its digest state through every part).
+            let mut digest = Sha256::new();
+            digest.update(DOMAIN);
+            for part in parts {
+                update_part(&mut digest, part.as_ref());
+            }
+            truncate(digest)
         }
 
         /// Feeds the parts one at a time, for requests assembled piecewise.
@@ -119,9 +123,7 @@ mod digest {
         /// assert_ne!(one, two);
         /// ```
         pub fn part(mut self, part: impl AsRef<[u8]>) -> Self {
-            let part = part.as_ref();
-            self.digest.update((part.len() as u64).to_le_bytes());
-            self.digest.update(part);
+            update_part(&mut self.digest, part.as_ref());
             self
         }
 
@@ -134,11 +136,22 @@ mod digest {
         /// assert_eq!(fingerprint.to_string().len(), 32); // 128 bits in hex
         /// ```
         pub fn finish(self) -> Fingerprint {
-            let full = self.digest.finalize();
-            let mut bytes = [0; 16];
-            bytes.copy_from_slice(&full[..16]);
-            Fingerprint(bytes)
+            truncate(self.digest)
         }
+    }
+
+    /// One part: its length (`u64`, little-endian), then its bytes.
+    fn update_part(digest: &mut Sha256, part: &[u8]) {
+        digest.update((part.len() as u64).to_le_bytes());
+        digest.update(part);
+    }
+
+    /// The first 128 bits of the digest.
+    fn truncate(digest: Sha256) -> Fingerprint {
+        let full = digest.finalize();
+        let mut bytes = [0; 16];
+        bytes.copy_from_slice(&full[..16]);
+        Fingerprint(bytes)
     }
 
     impl std::fmt::Debug for FingerprintBuilder {

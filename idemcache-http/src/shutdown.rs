@@ -17,20 +17,17 @@ impl ShutdownState {
         self.closing.load(Ordering::Acquire)
     }
 
-    /// Counts a detached handler until the guard drops.
-    pub(crate) fn track(self: &Arc<Self>) -> InFlight {
+    /// Counts a handler in flight; each call is matched by one call of
+    /// [`finished`](Self::finished) (the layer's claim does both, so a
+    /// request takes no reference of its own to this state).
+    pub(crate) fn started(&self) {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        InFlight(Arc::clone(self))
     }
-}
 
-/// A detached handler in flight.
-pub(crate) struct InFlight(Arc<ShutdownState>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.idle.notify_waiters();
+    /// A handler counted by [`started`](Self::started) has finished.
+    pub(crate) fn finished(&self) {
+        if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.idle.notify_waiters();
         }
     }
 }
