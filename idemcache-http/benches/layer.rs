@@ -20,7 +20,8 @@
 //! same run (over all rounds, and the median of the rounds' own ratios,
 //! which a burst of load on one round cannot move), and p50/p99 latency.
 //! `BENCH_ONLY=<text>[|<text>...]` runs only the loopback workloads whose
-//! name contains one of the texts (to profile one).
+//! name contains one of the texts (to profile one); `BENCH_IN_PROCESS_ONLY=1`
+//! only the in-process table (for A/B runs between builds).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -226,6 +227,9 @@ fn main() {
         println!("| first execution (layer) | {first_us:.2} | {:+.2} |", first_us - bare_us);
         println!("| replay (layer) | {replay_us:.2} | {:+.2} |", replay_us - bare_us);
         println!();
+        }
+        if std::env::var_os("BENCH_IN_PROCESS_ONLY").is_some() {
+            return;
         }
         let bare = serve(Router::new().route("/charges", post(charge))).await;
         let store: Cache<ScopedKey, StoredResponse> = Cache::builder().max_entries(10_000_000).build().unwrap();

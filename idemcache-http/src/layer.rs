@@ -326,7 +326,7 @@ where
 {
     type Response = Response<Body>;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future, S::Error>;
+    type Future = ResponseFuture<S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -398,34 +398,28 @@ where
     }
 }
 
-pin_project_lite::pin_project! {
-    /// The future an [`IdempotencyService`] returns: the inner service's
-    /// own future for requests the layer passes through, else the layer's
-    /// answer or the handler's response.
-    ///
-    /// Dropped while the handler runs (the client went away), it hands the
-    /// handler to a task of its own, which finishes it and stores its
-    /// response for the retry to replay.
-    pub struct ResponseFuture<F, E>
-    where
-        E: 'static,
-    {
-        #[pin]
-        state: State<F, E>,
-    }
+/// A boxed future of the layer's response.
+type BoxedResponse<E> = Pin<Box<dyn Future<Output = Result<Response<Body>, E>> + Send>>;
+
+/// The future an [`IdempotencyService`] returns: the layer's answer, the
+/// handler's response, or the inner service's for requests the layer
+/// passes through.
+///
+/// Dropped while the handler runs (the client went away), it hands the
+/// handler to a task of its own, which finishes it and stores its
+/// response for the retry to replay.
+///
+/// It holds only boxes and a ready response (about 130 bytes, whatever the
+/// inner service's future), because the stack above moves it around.
+pub struct ResponseFuture<E: 'static> {
+    state: State<E>,
 }
 
-pin_project_lite::pin_project! {
-    #[project = StateProjection]
-    enum State<F, E>
-    where
-        E: 'static,
-    {
-        Passthrough { #[pin] future: F },
-        Ready { response: Option<Response<Body>> },
-        Deciding { future: Pin<Box<dyn Future<Output = Decided<E>> + Send>> },
-        Executing { future: Detachable<Result<Response<Body>, E>> },
-    }
+enum State<E: 'static> {
+    Passthrough(BoxedResponse<E>),
+    Ready(Option<Response<Body>>),
+    Deciding(Pin<Box<dyn Future<Output = Decided<E>> + Send>>),
+    Executing(Detachable<Result<Response<Body>, E>>),
 }
 
 /// What the first phase of a protected request came to.
@@ -434,73 +428,66 @@ enum Decided<E> {
     /// refusal.
     Respond(Response<Body>),
     /// The claim was acquired: the handler's run, to be polled detachable.
-    Execute(Pin<Box<dyn Future<Output = Result<Response<Body>, E>> + Send>>),
+    Execute(BoxedResponse<E>),
 }
 
-impl<F, E: 'static> ResponseFuture<F, E> {
-    fn passthrough(future: F) -> Self {
+impl<E: 'static> ResponseFuture<E> {
+    fn passthrough<F, B>(future: F) -> Self
+    where
+        F: Future<Output = Result<Response<B>, E>> + Send + 'static,
+        B: HttpBody<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let future = async move { future.await.map(boxed) };
         ResponseFuture {
-            state: State::Passthrough { future },
+            state: State::Passthrough(Box::pin(future)),
         }
     }
 
     fn ready(response: Response<Body>) -> Self {
         ResponseFuture {
-            state: State::Ready {
-                response: Some(response),
-            },
+            state: State::Ready(Some(response)),
         }
     }
 
     fn deciding(future: Pin<Box<dyn Future<Output = Decided<E>> + Send>>) -> Self {
         ResponseFuture {
-            state: State::Deciding { future },
+            state: State::Deciding(future),
         }
     }
 }
 
-impl<F, B, E> Future for ResponseFuture<F, E>
-where
-    F: Future<Output = Result<Response<B>, E>>,
-    B: HttpBody<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-    E: 'static,
-{
+impl<E: 'static> Future for ResponseFuture<E> {
     type Output = Result<Response<Body>, E>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut state = self.project().state;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {
-            match state.as_mut().project() {
-                StateProjection::Passthrough { future } => {
-                    return future.poll(cx).map(|result| result.map(boxed));
-                }
-                StateProjection::Ready { response } => {
+            match &mut self.state {
+                State::Passthrough(future) => return future.as_mut().poll(cx),
+                State::Ready(response) => {
                     let response = response.take().expect("polled after completion");
                     return Poll::Ready(Ok(response));
                 }
-                StateProjection::Deciding { future } => match ready!(future.as_mut().poll(cx)) {
+                State::Deciding(future) => match ready!(future.as_mut().poll(cx)) {
                     Decided::Respond(response) => {
-                        state.set(State::Ready { response: None });
+                        self.state = State::Ready(None);
                         return Poll::Ready(Ok(response));
                     }
-                    Decided::Execute(run) => state.set(State::Executing {
-                        future: Detachable(Some(run)),
-                    }),
+                    Decided::Execute(run) => self.state = State::Executing(Detachable(Some(run))),
                 },
-                StateProjection::Executing { future } => return Pin::new(future).poll(cx),
+                State::Executing(future) => return Pin::new(future).poll(cx),
             }
         }
     }
 }
 
-impl<F, E: 'static> std::fmt::Debug for ResponseFuture<F, E> {
+impl<E: 'static> std::fmt::Debug for ResponseFuture<E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let state = match &self.state {
-            State::Passthrough { .. } => "passthrough",
-            State::Ready { .. } => "ready",
-            State::Deciding { .. } => "deciding",
-            State::Executing { .. } => "executing",
+            State::Passthrough(_) => "passthrough",
+            State::Ready(_) => "ready",
+            State::Deciding(_) => "deciding",
+            State::Executing(_) => "executing",
         };
         f.debug_struct("ResponseFuture")
             .field("state", &state)
