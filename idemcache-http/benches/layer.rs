@@ -11,7 +11,10 @@
 //!   replay; the handler does not run), every client on that one key: both
 //!   server threads then share its record's cache lines;
 //! - **replay, 1,024 keys**: the same over 1,024 completed keys taken in
-//!   turn, as retries of different requests arrive (loopback only).
+//!   turn, as retries of different requests arrive (loopback only);
+//! - **first execution, store keeps nothing** (loopback only): the layer
+//!   over a store that acquires every claim and stores nothing, so that
+//!   the layer's own cost shows apart from the in-process store's.
 //!
 //! Each is run in short rounds interleaved with the others (so drift on a
 //! shared machine spreads over all of them) with `BENCH_CONCURRENCY` client
@@ -37,7 +40,8 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use idemcache::Cache;
+use idemcache::store::{Acquired, ClaimId, ClaimOutcome, Peek, Store, StoreError};
+use idemcache::{Cache, Completion, Fingerprint};
 use idemcache_http::{IdempotencyLayer, ScopedKey, StoredResponse};
 
 /// The handler: parse a small JSON body, answer 201 with a small JSON body
@@ -67,6 +71,7 @@ enum Workload {
     First,
     Replay,
     ReplayMany,
+    FirstNoStore,
 }
 
 /// Completed keys the `ReplayMany` workload cycles through.
@@ -79,6 +84,7 @@ impl Workload {
             Workload::First => "first execution (layer)",
             Workload::Replay => "replay (layer), one key",
             Workload::ReplayMany => "replay (layer), 1,024 keys",
+            Workload::FirstNoStore => "first execution (layer), store keeps nothing",
         }
     }
 }
@@ -126,7 +132,9 @@ async fn round(
                 let key = match workload {
                     Workload::Replay => "the-replayed-key".to_string(),
                     Workload::ReplayMany => format!("replayed-{}", n % REPLAYED_KEYS),
-                    Workload::Bare | Workload::First => format!("key-{n}"),
+                    Workload::Bare | Workload::First | Workload::FirstNoStore => {
+                        format!("key-{n}")
+                    }
                 };
                 let start = Instant::now();
                 send(&client, address, &key).await;
@@ -172,7 +180,7 @@ async fn in_process(n: u64) -> [f64; 3] {
         for i in 0..n {
             let key = match workload {
                 Workload::Replay => "the-replayed-key".to_string(),
-                Workload::ReplayMany => unreachable!("loopback only"),
+                Workload::ReplayMany | Workload::FirstNoStore => unreachable!("loopback only"),
                 Workload::Bare | Workload::First => format!("in-process-{i}"),
             };
             let request = http::Request::post("/charges")
@@ -190,6 +198,82 @@ async fn in_process(n: u64) -> [f64; 3] {
         out[slot] = start.elapsed().as_secs_f64() * 1e6 / n as f64;
     }
     out
+}
+
+/// A store that acquires every claim and keeps nothing: the layer's own
+/// cost, apart from the store's (a benchmark's reference only; it
+/// protects nothing).
+struct KeepsNothing;
+
+impl Store for KeepsNothing {
+    type Key = ScopedKey;
+    type Value = StoredResponse;
+
+    fn claim(
+        &self,
+        _: &ScopedKey,
+        _: Option<Fingerprint>,
+        _: ClaimId,
+    ) -> impl Future<Output = Result<ClaimOutcome<StoredResponse>, StoreError>> + Send {
+        let lease = self.lease();
+        let acquired = Acquired {
+            token: 1,
+            lease,
+            resent: false,
+        };
+        std::future::ready(Ok(ClaimOutcome::Acquired(acquired)))
+    }
+
+    fn complete(
+        &self,
+        _: &ScopedKey,
+        _: u64,
+        _: StoredResponse,
+        _: Option<Duration>,
+    ) -> impl Future<Output = Result<Completion, StoreError>> + Send {
+        let expires_at = std::time::SystemTime::now();
+        std::future::ready(Ok(Completion::Stored { expires_at }))
+    }
+
+    fn release(
+        &self,
+        _: &ScopedKey,
+        _: u64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        std::future::ready(Ok(()))
+    }
+
+    fn renew(
+        &self,
+        _: &ScopedKey,
+        _: u64,
+    ) -> impl Future<Output = Result<Duration, StoreError>> + Send {
+        std::future::ready(Ok(self.lease()))
+    }
+
+    fn abandon(
+        &self,
+        _: &ScopedKey,
+        _: u64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        std::future::ready(Ok(()))
+    }
+
+    fn peek(
+        &self,
+        _: &ScopedKey,
+        _: Option<Fingerprint>,
+    ) -> impl Future<Output = Result<Peek<StoredResponse>, StoreError>> + Send {
+        std::future::ready(Ok(Peek::Free))
+    }
+
+    fn remove(&self, _: &ScopedKey) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        std::future::ready(Ok(false))
+    }
+
+    fn lease(&self) -> Duration {
+        Duration::from_secs(30)
+    }
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -246,11 +330,17 @@ fn main() {
             Workload::First,
             Workload::Replay,
             Workload::ReplayMany,
+            Workload::FirstNoStore,
         ]
         .into_iter()
         .filter(|&workload| selected(workload))
         .collect();
-        let address = |workload| if workload == Workload::Bare { bare } else { layered };
+        let no_store = serve(Router::new().route("/charges", post(charge)).layer(IdempotencyLayer::unscoped(KeepsNothing))).await;
+        let address = |workload| match workload {
+            Workload::Bare => bare,
+            Workload::FirstNoStore => no_store,
+            _ => layered,
+        };
         for &workload in &workloads {
             round(&client, address(workload), workload, tasks, 0.5, &next_key).await;
         }
