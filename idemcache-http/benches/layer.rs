@@ -44,7 +44,7 @@ use idemcache::store::{Acquired, ClaimId, ClaimOutcome, Peek, Store, StoreError}
 use idemcache::{Cache, Completion, Fingerprint};
 use idemcache_http::{IdempotencyLayer, ScopedKey, StoredResponse};
 
-/// The handler: parse a small JSON body, answer 201 with a small JSON body
+/// The handler: take a small JSON body, answer 201 with a small JSON body
 /// and a Location header, as a payments endpoint would.
 async fn charge(body: Bytes) -> impl IntoResponse {
     let amount = body.len();
