@@ -332,10 +332,11 @@ where
         self.inner.poll_ready(cx)
     }
 
-    /// What needs no I/O is decided here, without allocating: passing
-    /// through, refusing a bad key, refusing during shutdown. The rest
-    /// (reading the body, claiming, replaying or running the handler) is
-    /// one boxed future, and running the handler a second, detachable one.
+    /// What needs no I/O is decided here, before any future of the layer's
+    /// own is boxed: passing through, refusing a bad key, refusing during
+    /// shutdown. The rest (reading the body, claiming, replaying or
+    /// running the handler) is one boxed future, and running the handler a
+    /// second, detachable one.
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let shared = &self.shared;
         let config = &shared.config;
@@ -737,9 +738,29 @@ where
         };
         return Decided::Respond(response);
     };
+    // Counted for graceful shutdown before anything runs, then checked
+    // against a shutdown that began while the body was read or the claim
+    // made: `started` and `is_closing` pair with `shutdown` and `drained`
+    // (all sequentially consistent), so either this request sees the
+    // shutdown or `drained` sees this request.
+    let claim = Claim::new(shared, store_key, token, trace);
+    if claim.shared.shutdown.is_closing() {
+        let _ = Box::pin(claim.shared.store.release(&claim.store_key, token)).await;
+        let detail = "The server is shutting down; retry with the same Idempotency-Key.";
+        let mut response = claim.shared.reject(
+            &parts.method,
+            &parts.uri,
+            Problem::ShuttingDown,
+            StatusCode::SERVICE_UNAVAILABLE,
+            detail,
+        );
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(1));
+        return Decided::Respond(response);
+    }
     // `call` itself runs here; only polling the handler is caught.
     let handler = CatchUnwind(Box::pin(inner.call(Request::from_parts(parts, full(body)))));
-    let claim = Claim::new(shared, store_key, token, trace);
     Decided::Execute(Box::pin(run_and_record(claim, handler)))
 }
 
@@ -959,7 +980,8 @@ where
             }
             Failure::Panicked => {
                 let detail = "The request failed; retry with the same Idempotency-Key later.";
-                self.abandon(None, detail).await;
+                self.abandon(Some(StatusCode::INTERNAL_SERVER_ERROR), detail)
+                    .await;
                 Ok(Self::handler_failed(detail))
             }
         }
@@ -1011,7 +1033,8 @@ where
         let Ok(bytes) = collect(body, config.max_response_body).await else {
             let detail =
                 "The response could not be produced; retry with the same Idempotency-Key later.";
-            self.abandon(None, detail).await;
+            self.abandon(Some(StatusCode::INTERNAL_SERVER_ERROR), detail)
+                .await;
             return Self::handler_failed(detail);
         };
         let stored = StoredResponse::capture(

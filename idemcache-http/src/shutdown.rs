@@ -13,15 +13,19 @@ pub(crate) struct ShutdownState {
 }
 
 impl ShutdownState {
+    /// Whether [`ShutdownHandle::shutdown`] was called. Sequentially
+    /// consistent, with [`started`](Self::started), `shutdown` and
+    /// `drained`: a request that counts itself and then finds the layer
+    /// open is seen by a `drained` that follows `shutdown`.
     pub(crate) fn is_closing(&self) -> bool {
-        self.closing.load(Ordering::Acquire)
+        self.closing.load(Ordering::SeqCst)
     }
 
     /// Counts a handler in flight; each call is matched by one call of
     /// [`finished`](Self::finished) (the layer's claim does both, so a
     /// request takes no reference of its own to this state).
     pub(crate) fn started(&self) {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
     }
 
     /// A handler counted by [`started`](Self::started) has finished.
@@ -57,12 +61,12 @@ impl ShutdownHandle {
     /// `Retry-After: 1` (a retry goes to another replica or the restarted
     /// process); requests in flight go on.
     pub fn shutdown(&self) {
-        self.0.closing.store(true, Ordering::Release);
+        self.0.closing.store(true, Ordering::SeqCst);
     }
 
     /// Handlers running right now.
     pub fn in_flight(&self) -> usize {
-        self.0.in_flight.load(Ordering::Acquire)
+        self.0.in_flight.load(Ordering::SeqCst)
     }
 
     /// Resolves once no handler is in flight.

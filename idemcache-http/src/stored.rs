@@ -58,9 +58,10 @@ impl StoredResponse {
     }
 
     /// What to keep of a response with `headers`: the headers named in
-    /// `allowed`, in the response's order. One pass over the response's
-    /// few headers, comparing names (a standard name compares as a
-    /// number), rather than one hashed lookup per allowed name.
+    /// `allowed`, in the order the header map yields them (each name's
+    /// values together, in order). One pass over the response's few
+    /// headers, comparing names (a standard name compares as a number),
+    /// rather than one hashed lookup per allowed name.
     pub(crate) fn capture(
         status: StatusCode,
         headers: &HeaderMap,

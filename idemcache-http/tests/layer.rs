@@ -792,3 +792,35 @@ async fn a_client_that_disconnects_before_its_body_arrives_runs_nothing_and_leav
     assert!(retry.headers().get("idempotent-replayed").is_none());
     assert_eq!(server.ledger.executions("k21"), 1);
 }
+
+#[tokio::test]
+async fn a_request_whose_body_arrives_after_shutdown_began_gets_503_and_runs_nothing() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = serve(|b| b).await;
+    let mut stream = tokio::net::TcpStream::connect(server.address)
+        .await
+        .unwrap();
+    stream
+        .write_all(
+            b"POST /charges HTTP/1.1\r\nhost: localhost\r\nidempotency-key: k22\r\n\
+              content-length: 7\r\nconnection: close\r\n\r\n{\"a\":",
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The request passed the layer's first check while its body was on
+    // the way; shutdown begins before the claim.
+    server.shutdown.shutdown();
+    stream.write_all(b"1}").await.unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("retry-after: 1"),
+        "{answer}"
+    );
+    assert_eq!(server.ledger.executions("k22"), 0);
+    tokio::time::timeout(Duration::from_secs(5), server.shutdown.drained())
+        .await
+        .expect("nothing is in flight");
+}
