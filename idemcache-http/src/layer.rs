@@ -359,17 +359,7 @@ where
             }
         };
         if shared.shutdown.is_closing() {
-            let mut response = shared.reject(
-                request.method(),
-                request.uri(),
-                Problem::ShuttingDown,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "The server is shutting down; retry with the same Idempotency-Key.",
-            );
-            response
-                .headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from(1));
-            return ResponseFuture::ready(response);
+            return ResponseFuture::ready(shared.shutting_down(request.method(), request.uri()));
         }
         let (parts, body) = request.into_parts();
         let scope = config
@@ -581,6 +571,17 @@ impl<St> Shared<St> {
         problem.response(status, detail).map(full)
     }
 
+    /// 503 while shutting down, with `Retry-After: 1`.
+    fn shutting_down(&self, method: &Method, uri: &http::Uri) -> Response<Body> {
+        let detail = "The server is shutting down; retry with the same Idempotency-Key.";
+        let status = StatusCode::SERVICE_UNAVAILABLE;
+        let mut response = self.reject(method, uri, Problem::ShuttingDown, status, detail);
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(1));
+        response
+    }
+
     /// 409 with a `Retry-After` clamped to the configured range.
     fn conflict(&self, trace: Option<&Trace>, hint: Duration) -> Response<Body> {
         let (min, max) = self.config.retry_after;
@@ -746,17 +747,7 @@ where
     let claim = Claim::new(shared, store_key, token, trace);
     if claim.shared.shutdown.is_closing() {
         let _ = Box::pin(claim.shared.store.release(&claim.store_key, token)).await;
-        let detail = "The server is shutting down; retry with the same Idempotency-Key.";
-        let mut response = claim.shared.reject(
-            &parts.method,
-            &parts.uri,
-            Problem::ShuttingDown,
-            StatusCode::SERVICE_UNAVAILABLE,
-            detail,
-        );
-        response
-            .headers_mut()
-            .insert(RETRY_AFTER, HeaderValue::from(1));
+        let response = claim.shared.shutting_down(&parts.method, &parts.uri);
         return Decided::Respond(response);
     }
     // `call` itself runs here; only polling the handler is caught.
