@@ -630,11 +630,11 @@ impl<St> Shared<St> {
     fn replay(
         &self,
         trace: Option<&Trace>,
-        stored: &StoredResponse,
+        stored: StoredResponse,
         kind: EventKind,
     ) -> Response<Body> {
         self.emit(trace, kind, Some(stored.status()), None);
-        stored.to_response().map(full)
+        stored.into_response().map(full)
     }
 }
 
@@ -697,7 +697,7 @@ where
         let in_flight = match claimed {
             ClaimOutcome::Acquired(acquired) => break acquired.token,
             ClaimOutcome::Completed(replay) => {
-                let response = shared.replay(trace_ref, replay.value(), EventKind::Replayed);
+                let response = shared.replay(trace_ref, replay.into_value(), EventKind::Replayed);
                 return Decided::Respond(response);
             }
             ClaimOutcome::Mismatch => return Decided::Respond(shared.mismatch(trace_ref)),
@@ -731,7 +731,7 @@ where
         let response = match seen {
             Ok(Peek::Free) => continue, // released: this request runs
             Ok(Peek::Completed(replay)) => {
-                shared.replay(trace_ref, replay.value(), EventKind::Waited)
+                shared.replay(trace_ref, replay.into_value(), EventKind::Waited)
             }
             Ok(Peek::Mismatch) => shared.mismatch(trace_ref),
             Ok(Peek::InProgress(in_flight)) => shared.conflict(trace_ref, in_flight.retry_after()),
@@ -1053,7 +1053,7 @@ where
                 shared.emit(trace, EventKind::Fenced, status, None);
                 return match Box::pin(store.peek(store_key, None)).await {
                     Ok(Peek::Completed(replay)) => {
-                        shared.replay(trace, replay.value(), EventKind::Replayed)
+                        shared.replay(trace, replay.into_value(), EventKind::Replayed)
                     }
                     Ok(Peek::InProgress(in_flight)) => {
                         shared.conflict(trace, in_flight.retry_after())
