@@ -134,6 +134,16 @@ impl Server {
         format!("http://{}{}", self.address, path)
     }
 
+    /// A raw connection that has sent `start` (a request's head and part
+    /// of its body), given 100 ms to reach the server.
+    async fn send_the_start_of(&self, start: &[u8]) -> tokio::net::TcpStream {
+        use tokio::io::AsyncWriteExt;
+        let mut stream = tokio::net::TcpStream::connect(self.address).await.unwrap();
+        stream.write_all(start).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stream
+    }
+
     async fn post(&self, path: &str, key: Option<&str>, body: &str) -> reqwest::Response {
         let mut request = self.client.post(self.url(path)).body(body.to_owned());
         if let Some(key) = key {
@@ -770,19 +780,13 @@ async fn without_an_event_hook_the_defaults_hold() {
 
 #[tokio::test]
 async fn a_client_that_disconnects_before_its_body_arrives_runs_nothing_and_leaves_the_key_free() {
-    use tokio::io::AsyncWriteExt;
     let server = serve(|b| b).await;
-    let mut stream = tokio::net::TcpStream::connect(server.address)
-        .await
-        .unwrap();
-    stream
-        .write_all(
+    let stream = server
+        .send_the_start_of(
             b"POST /charges HTTP/1.1\r\nhost: localhost\r\nidempotency-key: k21\r\n\
               content-length: 10\r\n\r\n{\"a\":",
         )
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+        .await;
     drop(stream); // gone before the rest of its body
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(server.ledger.executions("k21"), 0);
@@ -797,17 +801,12 @@ async fn a_client_that_disconnects_before_its_body_arrives_runs_nothing_and_leav
 async fn a_request_whose_body_arrives_after_shutdown_began_gets_503_and_runs_nothing() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let server = serve(|b| b).await;
-    let mut stream = tokio::net::TcpStream::connect(server.address)
-        .await
-        .unwrap();
-    stream
-        .write_all(
+    let mut stream = server
+        .send_the_start_of(
             b"POST /charges HTTP/1.1\r\nhost: localhost\r\nidempotency-key: k22\r\n\
               content-length: 7\r\nconnection: close\r\n\r\n{\"a\":",
         )
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+        .await;
     // The request passed the layer's first check while its body was on
     // the way; shutdown begins before the claim.
     server.shutdown.shutdown();
