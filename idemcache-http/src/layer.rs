@@ -741,11 +741,10 @@ where
     };
     // Counted for graceful shutdown before anything runs, then checked
     // against a shutdown that began while the body was read or the claim
-    // made: `started` and `is_closing` pair with `shutdown` and `drained`
-    // (all sequentially consistent), so either this request sees the
+    // made (see `ShutdownState::start`): either this request sees the
     // shutdown or `drained` sees this request.
-    let claim = Claim::new(shared, store_key, token, trace);
-    if claim.shared.shutdown.is_closing() {
+    let (claim, open) = Claim::new(shared, store_key, token, trace);
+    if !open {
         let _ = Box::pin(claim.shared.store.release(&claim.store_key, token)).await;
         let response = claim.shared.shutting_down(&parts.method, &parts.uri);
         return Decided::Respond(response);
@@ -883,20 +882,23 @@ struct Claim<St: Store> {
 }
 
 impl<St: Store> Claim<St> {
-    /// Counts the run for graceful shutdown until the claim is dropped.
+    /// Counts the run for graceful shutdown until the claim is dropped;
+    /// with whether the layer is still open (if not, the handler must not
+    /// run).
     fn new(
         shared: Arc<Shared<St>>,
         store_key: St::Key,
         token: u64,
         trace: Option<Box<Trace>>,
-    ) -> Self {
-        shared.shutdown.started();
-        Claim {
+    ) -> (Self, bool) {
+        let open = shared.shutdown.start();
+        let claim = Claim {
             shared,
             store_key,
             token,
             trace,
-        }
+        };
+        (claim, open)
     }
 }
 
