@@ -1,6 +1,9 @@
 //! The `Idempotency-Key` header: parsing, validation, and the scoped key a
 //! record is stored under.
 
+use std::borrow::Cow;
+use std::sync::Arc;
+
 use http::HeaderMap;
 use http::header::AsHeaderName;
 use idemcache::Fingerprint;
@@ -68,6 +71,16 @@ pub fn parse_key(
     header: impl AsHeaderName,
     max_len: usize,
 ) -> Result<String, KeyError> {
+    parse_key_str(headers, header, max_len).map(Cow::into_owned)
+}
+
+/// [`parse_key`], borrowing the key from the header where it needs no
+/// unquoting (the layer copies it once, into its [`ScopedKey`]).
+pub(crate) fn parse_key_str(
+    headers: &HeaderMap,
+    header: impl AsHeaderName,
+    max_len: usize,
+) -> Result<Cow<'_, str>, KeyError> {
     let mut values = headers.get_all(header).iter();
     let value = values.next().ok_or(KeyError::Missing)?;
     if values.next().is_some() {
@@ -76,7 +89,7 @@ pub fn parse_key(
     let raw = value.as_bytes();
     let raw = trim_ows(raw);
     let key = match raw {
-        [b'"', inner @ .., b'"'] => unquote(inner)?,
+        [b'"', inner @ .., b'"'] => Cow::Owned(unquote(inner)?),
         [b'"', ..] => return Err(KeyError::Malformed),
         _ => {
             if raw
@@ -85,7 +98,7 @@ pub fn parse_key(
             {
                 return Err(KeyError::Malformed);
             }
-            raw.to_vec()
+            Cow::Borrowed(raw)
         }
     };
     if key.is_empty() {
@@ -98,7 +111,13 @@ pub fn parse_key(
         return Err(KeyError::Malformed);
     }
     // Only ASCII got through.
-    String::from_utf8(key).map_err(|_| KeyError::Malformed)
+    match key {
+        Cow::Borrowed(raw) => std::str::from_utf8(raw).map(Cow::Borrowed),
+        Cow::Owned(raw) => String::from_utf8(raw)
+            .map(Cow::Owned)
+            .map_err(|e| e.utf8_error()),
+    }
+    .map_err(|_| KeyError::Malformed)
 }
 
 /// Optional whitespace around a field value (spaces and tabs).
@@ -209,7 +228,9 @@ impl FoldParts for idemcache::FingerprintBuilder {
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct ScopedKey {
     scope: Scope,
-    key: String,
+    /// Shared, not copied, by clones: a store clones the key of every
+    /// claim it looks up.
+    key: Arc<str>,
 }
 
 impl ScopedKey {
@@ -217,8 +238,13 @@ impl ScopedKey {
     pub fn new(scope: Scope, key: impl Into<String>) -> Self {
         ScopedKey {
             scope,
-            key: key.into(),
+            key: key.into().into(),
         }
+    }
+
+    /// `key` within `scope`, without a copy.
+    pub(crate) fn from_shared(scope: Scope, key: Arc<str>) -> Self {
+        ScopedKey { scope, key }
     }
 
     /// The scope.

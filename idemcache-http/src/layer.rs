@@ -17,6 +17,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::config::{Config, ConfigError, MismatchStatus};
+use crate::key::parse_key_str;
 use crate::shutdown::{ShutdownHandle, ShutdownState};
 use crate::{
     Body, BoxError, Event, EventKind, KeyError, Problem, Scope, ScopedKey, StoredResponse,
@@ -343,21 +344,22 @@ where
         if !config.methods.contains(request.method()) {
             return ResponseFuture::passthrough(self.inner.call(request.map(Body::new)));
         }
-        let key = match crate::parse_key(request.headers(), &config.header, config.max_key_len) {
-            Ok(key) => key,
-            Err(KeyError::Missing) if !config.require_key => {
-                return ResponseFuture::passthrough(self.inner.call(request.map(Body::new)));
-            }
-            Err(error) => {
-                return ResponseFuture::ready(shared.reject(
-                    request.method(),
-                    request.uri(),
-                    Problem::BadKey,
-                    StatusCode::BAD_REQUEST,
-                    error.detail(),
-                ));
-            }
-        };
+        let key: Arc<str> =
+            match parse_key_str(request.headers(), &config.header, config.max_key_len) {
+                Ok(key) => Arc::from(key), // the one copy of the key
+                Err(KeyError::Missing) if !config.require_key => {
+                    return ResponseFuture::passthrough(self.inner.call(request.map(Body::new)));
+                }
+                Err(error) => {
+                    return ResponseFuture::ready(shared.reject(
+                        request.method(),
+                        request.uri(),
+                        Problem::BadKey,
+                        StatusCode::BAD_REQUEST,
+                        error.detail(),
+                    ));
+                }
+            };
         if shared.shutdown.is_closing() {
             return ResponseFuture::ready(shared.shutting_down(request.method(), request.uri()));
         }
@@ -366,7 +368,7 @@ where
             .scope
             .as_ref()
             .map_or_else(Scope::anonymous, |scope| scope(&parts));
-        let key = ScopedKey::new(scope, key);
+        let key = ScopedKey::from_shared(scope, key);
         let trace = config.on_event.is_some().then(|| {
             Box::new(Trace {
                 method: parts.method.clone(),

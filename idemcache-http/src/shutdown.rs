@@ -191,9 +191,15 @@ mod tests {
         let open = state.start();
         if open {
             // The handler's side effect, start and end.
-            assert!(!drained.load(Ordering::SeqCst), "a handler started after drained");
+            assert!(
+                !drained.load(Ordering::SeqCst),
+                "a handler started after drained"
+            );
             thread::yield_now();
-            assert!(!drained.load(Ordering::SeqCst), "a handler ran on after drained");
+            assert!(
+                !drained.load(Ordering::SeqCst),
+                "a handler ran on after drained"
+            );
         }
         state.finished();
         open

@@ -68,12 +68,24 @@ impl StoredResponse {
         allowed: &[HeaderName],
         body: Bytes,
     ) -> Self {
-        let kept: Vec<_> = headers
-            .iter()
-            .filter(|(name, _)| allowed.contains(name))
+        let is_kept = |(name, _): &(&HeaderName, &HeaderValue)| allowed.contains(name);
+        let count = headers.iter().filter(is_kept).count();
+        let mut kept = headers.iter().filter(is_kept);
+        // An iterator of known length (`Range` mapped) builds the `Arc`'s
+        // slice in place; the filter alone would collect into a `Vec`
+        // first and copy it.
+        let headers = (0..count)
+            .map(|_| {
+                kept.next()
+                    .expect("the same filter over the same map, counted above")
+            })
             .map(|(name, value)| (name.clone(), value.clone()))
             .collect();
-        StoredResponse::new(status, kept, body)
+        StoredResponse {
+            status,
+            headers,
+            body,
+        }
     }
 
     /// The stored status.
@@ -125,7 +137,9 @@ impl StoredResponse {
         let mut response = Response::new(self.body);
         *response.status_mut() = self.status;
         let headers = response.headers_mut();
-        headers.reserve(self.headers.len() + 1);
+        // Room for the replay marker and the `Content-Length` a server
+        // adds: one short, and that insertion would reallocate the map.
+        headers.reserve(self.headers.len() + 2);
         for (name, value) in self.headers.iter() {
             headers.append(name.clone(), value.clone());
         }
