@@ -992,6 +992,31 @@ where
         fingerprint: Option<Fingerprint>,
         claim_id: Option<u128>,
     ) -> (Claim<K, V, S>, bool) {
+        match self.claim_lookup(key, fingerprint, claim_id) {
+            ClaimFound::Acquired {
+                hash,
+                flight,
+                key,
+                resent,
+                ..
+            } => {
+                let engine = Arc::clone(&self.engine);
+                let guard = FlightGuard::new(engine, hash, flight, GiveUp::Abandon);
+                (Claim::Acquired(Reservation { guard, key }), resent)
+            }
+            ClaimFound::Answered(claim) => (claim, false),
+        }
+    }
+
+    /// The claim's answer, or an acquired flight not yet guarded: the
+    /// [`Store`](crate::store::Store) implementation ends it by its token
+    /// and needs no [`Reservation`].
+    pub(crate) fn claim_lookup(
+        &self,
+        key: K,
+        fingerprint: Option<Fingerprint>,
+        claim_id: Option<u128>,
+    ) -> ClaimFound<K, V, S> {
         let engine = &self.engine;
         let hash = engine.hash(&key);
         let request = ClaimRequest {
@@ -1002,7 +1027,7 @@ where
             lease_deadline: CacheTime::NEVER, // set under the lock
         };
         let Ok((found, now)) = engine.claim(request) else {
-            return (Claim::Full, false);
+            return ClaimFound::Answered(Claim::Full);
         };
         let claim = match found {
             ClaimLookup::Completed {
@@ -1020,10 +1045,31 @@ where
                 key,
                 resent,
             } => {
-                let guard = FlightGuard::new(Arc::clone(engine), hash, flight, GiveUp::Abandon);
-                return (Claim::Acquired(Reservation { guard, key }), resent);
+                return ClaimFound::Acquired {
+                    hash,
+                    flight,
+                    key,
+                    resent,
+                    now,
+                };
             }
         };
-        (claim, false)
+        ClaimFound::Answered(claim)
     }
+}
+
+/// What [`Cache::claim_lookup`] found.
+pub(crate) enum ClaimFound<K, V, S> {
+    /// Anything but an acquisition, as [`Cache::claim`] answers it.
+    Answered(Claim<K, V, S>),
+    /// The caller holds the key: its flight, unguarded (a panic before it
+    /// is guarded or detached leaves the key held until the lease lapses).
+    Acquired {
+        hash: u64,
+        flight: Arc<Flight<V>>,
+        key: K,
+        resent: bool,
+        /// When the claim was made (read under the shard lock).
+        now: CacheTime,
+    },
 }

@@ -8,6 +8,7 @@ use super::{Acquired, ClaimId, ClaimOutcome, InFlight, Peek, Store, StoreError};
 use crate::clock::Span;
 use crate::engine::Stored;
 use crate::flight::{self, Until};
+use crate::protocol::ClaimFound;
 use crate::shard::{GiveUp, Peeked};
 use crate::{Cache, Claim, Completion, Fenced, Fingerprint, Replay};
 
@@ -23,15 +24,31 @@ where
         fingerprint: Option<Fingerprint>,
         id: ClaimId,
     ) -> ClaimOutcome<V> {
-        let (claim, resent) = self.claim_with_id(key.clone(), fingerprint, Some(id.as_u128()));
+        // No `Reservation` (and no clock read for its lease): the holder
+        // ends the claim by its token, or its lease lapses.
+        let claim = match self.claim_lookup(key.clone(), fingerprint, Some(id.as_u128())) {
+            ClaimFound::Acquired {
+                flight,
+                resent,
+                now,
+                ..
+            } => {
+                return ClaimOutcome::Acquired(Acquired {
+                    token: flight.token,
+                    lease: now.until(flight.lease_deadline()),
+                    resent,
+                });
+            }
+            ClaimFound::Answered(claim) => claim,
+        };
         match claim {
+            // Not reached (acquisitions are returned above), but correct.
             Claim::Acquired(reservation) => {
                 let acquired = Acquired {
                     token: reservation.token(),
                     lease: reservation.lease_remaining(),
-                    resent,
+                    resent: false,
                 };
-                // Ended by its token from now on, or by its lease lapsing.
                 reservation.detach();
                 ClaimOutcome::Acquired(acquired)
             }
