@@ -23,6 +23,7 @@
 //!   `Err`, panic, dropped future.
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -173,8 +174,20 @@ impl<V> Flight<V> {
             std::mem::take(&mut state.wakers)
         };
         self.changed.notify_all();
+        // A waker is the waiter's executor's code: one that panics must not
+        // leave the waiters after it asleep. All are woken, then the first
+        // panic goes on.
+        let mut panicked = None;
         for waker in wakers.into_iter().flatten() {
-            waker.wake();
+            if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| waker.wake())) {
+                panicked.get_or_insert(panic);
+            }
+        }
+        // Not while already unwinding: that would abort.
+        if let Some(panic) = panicked
+            && !std::thread::panicking()
+        {
+            std::panic::resume_unwind(panic);
         }
     }
 }

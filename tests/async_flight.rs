@@ -219,3 +219,83 @@ fn async_future_is_send() {
     assert_send(&future);
     assert_eq!(block_on(future), Ok(1));
 }
+
+/// A waker whose executor is broken: waking it panics.
+struct PanickingWaker;
+impl Wake for PanickingWaker {
+    fn wake(self: Arc<Self>) {
+        panic!("a broken executor's waker");
+    }
+}
+
+/// A waker that counts its wake-ups.
+struct CountingWaker(AtomicUsize);
+impl Wake for CountingWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Two waiters on one claim, the first with a waker that panics: how the
+/// claim ends (`end`) must still wake the second, then report the panic.
+fn a_panicking_waker_does_not_strand(end: impl FnOnce(idemcache::Reservation<String, u64>)) {
+    use idemcache::{Claim, Waited};
+    let cache = cache();
+    let Claim::Acquired(holder) = cache.claim("k".to_string(), None) else {
+        panic!("the key is new");
+    };
+    let (Claim::InProgress(first), Claim::InProgress(second)) = (
+        cache.claim("k".to_string(), None),
+        cache.claim("k".to_string(), None),
+    ) else {
+        panic!("the key is held");
+    };
+    let broken = Waker::from(Arc::new(PanickingWaker));
+    let counting = Arc::new(CountingWaker(AtomicUsize::new(0)));
+    let woken = Waker::from(Arc::clone(&counting));
+    let mut first_wait = Box::pin(first.wait_async());
+    let mut second_wait = Box::pin(second.wait_async());
+    assert!(
+        first_wait
+            .as_mut()
+            .poll(&mut Context::from_waker(&broken))
+            .is_pending()
+    );
+    assert!(
+        second_wait
+            .as_mut()
+            .poll(&mut Context::from_waker(&woken))
+            .is_pending()
+    );
+
+    let ended = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| end(holder)));
+    assert!(ended.is_err(), "the waker's panic reaches the caller");
+    assert_eq!(
+        counting.0.load(Ordering::SeqCst),
+        1,
+        "the other waiter was woken"
+    );
+    let Poll::Ready(seen) = second_wait.as_mut().poll(&mut Context::from_waker(&woken)) else {
+        panic!("the claim has ended");
+    };
+    match seen {
+        Waited::Completed(replay) => assert_eq!(*replay.value(), 7),
+        Waited::Released => assert_eq!(cache.get("k"), None),
+        _ => panic!("the claim was completed or released"),
+    }
+    // Nothing is left locked or half done: the key can be used again.
+    let again = cache.claim("k".to_string(), None);
+    assert!(matches!(again, Claim::Completed(_) | Claim::Acquired(_)));
+}
+
+#[test]
+fn a_panicking_waker_does_not_strand_the_other_waiters_of_a_completion() {
+    a_panicking_waker_does_not_strand(|holder| {
+        holder.complete(7).unwrap();
+    });
+}
+
+#[test]
+fn a_panicking_waker_does_not_strand_the_other_waiters_of_a_release() {
+    a_panicking_waker_does_not_strand(|holder| holder.release());
+}

@@ -7,6 +7,8 @@
 //! locks a shard and drops it after unlocking (`Engine::with_shard`), so the
 //! rule holds by construction.
 
+use std::panic::AssertUnwindSafe;
+
 use crate::flight::{Flight, Outcome};
 use crate::shard::entries::Entry;
 use crate::sync::Arc;
@@ -96,12 +98,25 @@ impl<K, V> Drop for Graveyard<K, V> {
     fn drop(&mut self) {
         // Waiters first: they are waiting; the drops below run user code,
         // which may panic (the remaining fields are then still dropped).
+        // A waker that panics (see `Flight::finish`) must not leave the
+        // other flights' waiters asleep either.
+        let mut panicked = None;
         for (flight, how) in self.ended.drain(..) {
-            flight.finish(match how {
+            let outcome = match how {
                 FlightEnd::Released => Outcome::Released,
                 FlightEnd::Lapsed => Outcome::Lapsed,
                 FlightEnd::Abandoned => Outcome::Abandoned,
-            });
+            };
+            let finish = AssertUnwindSafe(|| flight.finish(outcome));
+            if let Err(panic) = std::panic::catch_unwind(finish) {
+                panicked.get_or_insert(panic);
+            }
+        }
+        // Not while already unwinding: that would abort.
+        if let Some(panic) = panicked
+            && !std::thread::panicking()
+        {
+            std::panic::resume_unwind(panic);
         }
     }
 }
