@@ -252,6 +252,10 @@ pub enum Waited<V> {
 pub struct Pending<K, V, S = ahash::RandomState> {
     engine: Arc<Engine<K, V, S>>,
     flight: Arc<Flight<V>>,
+    /// The holder had abandoned the claim when this was answered (the
+    /// flight's own state may not say so yet: it ends after the shard
+    /// lock is released).
+    abandoned: bool,
 }
 
 impl<K, V, S> Pending<K, V, S> {
@@ -304,7 +308,7 @@ impl<K, V, S> Pending<K, V, S> {
     /// assert!(pending.is_abandoned());
     /// ```
     pub fn is_abandoned(&self) -> bool {
-        self.flight.is_abandoned()
+        self.abandoned || self.flight.is_abandoned()
     }
 
     /// A `Retry-After` hint in whole seconds, at least 1 s:
@@ -1036,9 +1040,10 @@ where
                 fingerprint,
             } => Claim::Completed(Replay::new(engine, now, value, expires_at, fingerprint)),
             ClaimLookup::Mismatch => Claim::Mismatch,
-            ClaimLookup::InProgress(flight) => Claim::InProgress(Pending {
+            ClaimLookup::InProgress { flight, abandoned } => Claim::InProgress(Pending {
                 engine: Arc::clone(engine),
                 flight,
+                abandoned,
             }),
             ClaimLookup::Acquired {
                 flight,

@@ -126,8 +126,13 @@ pub(crate) enum ClaimLookup<K, V> {
     },
     /// The record or the claim in progress has another fingerprint.
     Mismatch,
-    /// Another claim or computation holds the key.
-    InProgress(Arc<Flight<V>>),
+    /// Another claim or computation holds the key (`abandoned`: its holder
+    /// gave up, as the slot says under the lock; the flight itself learns
+    /// it only once the lock is released).
+    InProgress {
+        flight: Arc<Flight<V>>,
+        abandoned: bool,
+    },
     /// The caller holds the key (`resent`: the flight already held it for
     /// the same claim id); a copy of the key for the reservation.
     Acquired {
@@ -746,7 +751,10 @@ impl<K: Hash + Eq, V> Shard<K, V> {
             });
         }
         self.stats.in_progress += 1;
-        Some(ClaimLookup::InProgress(Arc::clone(flight)))
+        Some(ClaimLookup::InProgress {
+            flight: Arc::clone(flight),
+            abandoned: slot.abandoned,
+        })
     }
 
     /// Looks `key` up for a claim: the completed record, a mismatch, a
