@@ -783,12 +783,6 @@ impl<K, V, S> FlightGuard<K, V, S> {
         self.done = true;
         self.engine.give_up(self.hash, &self.flight, how)
     }
-
-    /// Lets the flight go without ending it: a token-addressed caller
-    /// ends it later by its token (or its lease lapses).
-    pub(crate) fn detach(mut self) {
-        self.done = true;
-    }
 }
 
 impl<K, V, S> FlightGuard<K, V, S>

@@ -698,12 +698,6 @@ impl<K, V, S> Reservation<K, V, S> {
     pub fn abandon(self) {
         self.guard.give_up(GiveUp::Abandon);
     }
-
-    /// Lets go of the claim without ending it, for a caller that ends it
-    /// later by its token (the [`Store`](crate::store::Store) API).
-    pub(crate) fn detach(self) {
-        self.guard.detach();
-    }
 }
 
 impl<K, V, S> Reservation<K, V, S>
@@ -996,7 +990,7 @@ where
         fingerprint: Option<Fingerprint>,
         claim_id: Option<u128>,
     ) -> (Claim<K, V, S>, bool) {
-        match self.claim_lookup(key, fingerprint, claim_id) {
+        let claim = match self.claim_lookup(key, fingerprint, claim_id) {
             ClaimFound::Acquired {
                 hash,
                 flight,
@@ -1006,10 +1000,14 @@ where
             } => {
                 let engine = Arc::clone(&self.engine);
                 let guard = FlightGuard::new(engine, hash, flight, GiveUp::Abandon);
-                (Claim::Acquired(Reservation { guard, key }), resent)
+                return (Claim::Acquired(Reservation { guard, key }), resent);
             }
-            ClaimFound::Answered(claim) => (claim, false),
-        }
+            ClaimFound::Completed(replay) => Claim::Completed(replay),
+            ClaimFound::InProgress(pending) => Claim::InProgress(pending),
+            ClaimFound::Mismatch => Claim::Mismatch,
+            ClaimFound::Full => Claim::Full,
+        };
+        (claim, false)
     }
 
     /// The claim's answer, or an acquired flight not yet guarded: the
@@ -1031,16 +1029,16 @@ where
             lease_deadline: CacheTime::NEVER, // set under the lock
         };
         let Ok((found, now)) = engine.claim(request) else {
-            return ClaimFound::Answered(Claim::Full);
+            return ClaimFound::Full;
         };
-        let claim = match found {
+        match found {
             ClaimLookup::Completed {
                 value,
                 expires_at,
                 fingerprint,
-            } => Claim::Completed(Replay::new(engine, now, value, expires_at, fingerprint)),
-            ClaimLookup::Mismatch => Claim::Mismatch,
-            ClaimLookup::InProgress { flight, abandoned } => Claim::InProgress(Pending {
+            } => ClaimFound::Completed(Replay::new(engine, now, value, expires_at, fingerprint)),
+            ClaimLookup::Mismatch => ClaimFound::Mismatch,
+            ClaimLookup::InProgress { flight, abandoned } => ClaimFound::InProgress(Pending {
                 engine: Arc::clone(engine),
                 flight,
                 abandoned,
@@ -1049,24 +1047,24 @@ where
                 flight,
                 key,
                 resent,
-            } => {
-                return ClaimFound::Acquired {
-                    hash,
-                    flight,
-                    key,
-                    resent,
-                    now,
-                };
-            }
-        };
-        ClaimFound::Answered(claim)
+            } => ClaimFound::Acquired {
+                hash,
+                flight,
+                key,
+                resent,
+                now,
+            },
+        }
     }
 }
 
-/// What [`Cache::claim_lookup`] found.
+/// What [`Cache::claim_lookup`] found: [`Claim`]'s answers, with an
+/// acquisition's flight not yet guarded.
 pub(crate) enum ClaimFound<K, V, S> {
-    /// Anything but an acquisition, as [`Cache::claim`] answers it.
-    Answered(Claim<K, V, S>),
+    Completed(Replay<V>),
+    InProgress(Pending<K, V, S>),
+    Mismatch,
+    Full,
     /// The caller holds the key: its flight, unguarded (a panic before it
     /// is guarded or detached leaves the key held until the lease lapses).
     Acquired {

@@ -10,7 +10,7 @@ use crate::engine::Stored;
 use crate::flight::{self, Until};
 use crate::protocol::ClaimFound;
 use crate::shard::{GiveUp, Peeked};
-use crate::{Cache, Claim, Completion, Fenced, Fingerprint, Replay};
+use crate::{Cache, Completion, Fenced, Fingerprint, Replay};
 
 impl<K, V, S> Cache<K, V, S>
 where
@@ -26,42 +26,27 @@ where
     ) -> ClaimOutcome<V> {
         // No `Reservation` (and no clock read for its lease): the holder
         // ends the claim by its token, or its lease lapses.
-        let claim = match self.claim_lookup(key.clone(), fingerprint, Some(id.as_u128())) {
+        match self.claim_lookup(key.clone(), fingerprint, Some(id.as_u128())) {
             ClaimFound::Acquired {
                 flight,
                 resent,
                 now,
                 ..
-            } => {
-                return ClaimOutcome::Acquired(Acquired {
-                    token: flight.token,
-                    lease: now.until(flight.lease_deadline()),
-                    resent,
-                });
-            }
-            ClaimFound::Answered(claim) => claim,
-        };
-        match claim {
-            // Not reached (acquisitions are returned above), but correct.
-            Claim::Acquired(reservation) => {
-                let acquired = Acquired {
-                    token: reservation.token(),
-                    lease: reservation.lease_remaining(),
-                    resent: false,
-                };
-                reservation.detach();
-                ClaimOutcome::Acquired(acquired)
-            }
-            Claim::Completed(replay) => ClaimOutcome::Completed(replay),
-            Claim::InProgress(pending) => ClaimOutcome::InProgress(InFlight {
+            } => ClaimOutcome::Acquired(Acquired {
+                token: flight.token,
+                lease: now.until(flight.lease_deadline()),
+                resent,
+            }),
+            ClaimFound::Completed(replay) => ClaimOutcome::Completed(replay),
+            ClaimFound::InProgress(pending) => ClaimOutcome::InProgress(InFlight {
                 token: pending.token(),
                 fingerprint: pending.fingerprint(),
                 lease_remaining: pending.lease_remaining(),
                 running_for: pending.running_for(),
                 abandoned: pending.is_abandoned(),
             }),
-            Claim::Mismatch => ClaimOutcome::Mismatch,
-            Claim::Full => ClaimOutcome::Full,
+            ClaimFound::Mismatch => ClaimOutcome::Mismatch,
+            ClaimFound::Full => ClaimOutcome::Full,
         }
     }
 
