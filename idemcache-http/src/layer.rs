@@ -680,6 +680,15 @@ where
             return Decided::Respond(response);
         }
     };
+    // Counted for graceful shutdown before the store is asked, then
+    // checked against a shutdown that began while the body was read (see
+    // `ShutdownState::start`): either this request sees the shutdown and
+    // claims nothing, or `drained` waits for it, claim and handler both.
+    if !shared.shutdown.start() {
+        shared.shutdown.finished();
+        return Decided::Respond(shared.shutting_down(&parts.method, &parts.uri));
+    }
+    let counted = Counted(&shared.shutdown);
     let trace_ref = trace.as_deref();
     let fingerprint = (shared.config.fingerprint)(&parts, &body);
     let claim_id = ClaimId::random();
@@ -741,16 +750,8 @@ where
         };
         return Decided::Respond(response);
     };
-    // Counted for graceful shutdown before anything runs, then checked
-    // against a shutdown that began while the body was read or the claim
-    // made (see `ShutdownState::start`): either this request sees the
-    // shutdown or `drained` sees this request.
-    let (claim, open) = Claim::new(shared, store_key, token, trace);
-    if !open {
-        let _ = Box::pin(claim.shared.store.release(&claim.store_key, token)).await;
-        let response = claim.shared.shutting_down(&parts.method, &parts.uri);
-        return Decided::Respond(response);
-    }
+    counted.hand_over();
+    let claim = Claim::new(shared, store_key, token, trace);
     // `call` itself runs here; only polling the handler is caught.
     let handler = CatchUnwind(Box::pin(inner.call(Request::from_parts(parts, full(body)))));
     Decided::Execute(Box::pin(run_and_record(claim, handler)))
@@ -884,23 +885,39 @@ struct Claim<St: Store> {
 }
 
 impl<St: Store> Claim<St> {
-    /// Counts the run for graceful shutdown until the claim is dropped;
-    /// with whether the layer is still open (if not, the handler must not
-    /// run).
+    /// Takes over the request's count for graceful shutdown (see
+    /// [`Counted`]) until the claim is dropped.
     fn new(
         shared: Arc<Shared<St>>,
         store_key: St::Key,
         token: u64,
         trace: Option<Box<Trace>>,
-    ) -> (Self, bool) {
-        let open = shared.shutdown.start();
-        let claim = Claim {
+    ) -> Self {
+        Claim {
             shared,
             store_key,
             token,
             trace,
-        };
-        (claim, open)
+        }
+    }
+}
+
+/// A request counted by [`ShutdownState::start`] while it claims its key:
+/// dropped (the claim answered without acquiring, the store failed, the
+/// future was dropped), it ends the count; an acquired claim takes the
+/// count over ([`hand_over`](Self::hand_over)).
+struct Counted<'a>(&'a ShutdownState);
+
+impl Counted<'_> {
+    /// The [`Claim`] made next ends the count when it is dropped.
+    fn hand_over(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.finished();
     }
 }
 

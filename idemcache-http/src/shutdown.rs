@@ -1,4 +1,4 @@
-//! Graceful shutdown: stop taking claims, wait for handlers in flight.
+//! Graceful shutdown: stop taking claims, wait for the requests in flight.
 
 use std::sync::Arc;
 
@@ -27,11 +27,10 @@ impl ShutdownState {
         self.closing.load(Ordering::Relaxed)
     }
 
-    /// Counts a handler in flight, then answers whether the layer is still
-    /// open (if not, the handler must not run). Either way the count holds
-    /// until the matching [`finished`](Self::finished) (the layer's claim
-    /// does both, so a request takes no reference of its own to this
-    /// state, and `drained` also waits for a refused claim's release).
+    /// Counts a request in flight (from before it claims its key until its
+    /// outcome is recorded), then answers whether the layer is still open
+    /// (if not, the request must claim nothing). Either way the count holds
+    /// until the matching [`finished`](Self::finished).
     ///
     /// Count, then check, with a sequentially consistent fence between;
     /// `drained`, after `shutdown` has set the flag, fences, then reads the
@@ -47,7 +46,7 @@ impl ShutdownState {
         !self.closing.load(Ordering::Relaxed)
     }
 
-    /// A handler counted by [`start`](Self::start) has finished.
+    /// A request counted by [`start`](Self::start) has finished.
     pub(crate) fn finished(&self) {
         if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.idle.notify_waiters();
@@ -55,7 +54,7 @@ impl ShutdownState {
     }
 }
 
-/// Stops a layer taking claims and waits for its handlers in flight. Get
+/// Stops a layer taking claims and waits for its requests in flight. Get
 /// it from [`IdempotencyLayer::shutdown_handle`](crate::IdempotencyLayer::shutdown_handle).
 ///
 /// Handlers run detached from their connections, so a server's own
@@ -85,16 +84,18 @@ impl ShutdownHandle {
         self.0.closing.store(true, Ordering::Relaxed);
     }
 
-    /// Handlers running right now.
+    /// Protected requests in flight right now: claiming their keys,
+    /// running their handlers or recording their outcomes.
     pub fn in_flight(&self) -> usize {
         // Acquire: pairs with `finished`, so that what a finished handler
         // did (its stored result) is visible to whoever saw it finish.
         self.0.in_flight.load(Ordering::Acquire)
     }
 
-    /// Resolves once no handler is in flight. After
-    /// [`shutdown`](Self::shutdown), no handler starts once it has
-    /// resolved, and every handler's result is stored.
+    /// Resolves once no request is in flight. After
+    /// [`shutdown`](Self::shutdown), once it has resolved no key is
+    /// claimed and no handler starts, and every handler's result is
+    /// stored.
     pub async fn drained(&self) {
         loop {
             // Registered before the count is read, so the last handler's
@@ -184,16 +185,17 @@ mod tests {
     use loom::sync::atomic::AtomicBool;
     use loom::thread;
 
-    /// A request as the layer runs it after acquiring a claim: counted,
-    /// then run only if the layer is open. `drained` is set once
-    /// `drained()` has returned: no handler may see it set.
+    /// A request as the layer runs it once its body is read: counted,
+    /// then, only if the layer is open, it claims its key and runs the
+    /// handler. `drained` is set once `drained()` has returned: no claim
+    /// and no handler may see it set.
     fn request(state: &ShutdownState, drained: &AtomicBool) -> bool {
         let open = state.start();
         if open {
-            // The handler's side effect, start and end.
+            // The claim and the handler's side effect, start and end.
             assert!(
                 !drained.load(Ordering::SeqCst),
-                "a handler started after drained"
+                "a claim or a handler started after drained"
             );
             thread::yield_now();
             assert!(

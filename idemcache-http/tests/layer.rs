@@ -594,6 +594,37 @@ async fn graceful_shutdown_stops_new_claims_and_waits_for_the_handler_in_flight(
 }
 
 #[tokio::test]
+async fn graceful_shutdown_waits_for_a_request_waiting_on_the_key_too() {
+    let server = Arc::new(serve(|b| b.wait_for_in_flight(Duration::from_secs(5))).await);
+    let send = |server: &Arc<Server>| {
+        let server = Arc::clone(server);
+        tokio::spawn(async move {
+            let response = server
+                .post("/charges?delay_ms=500", Some("k15"), "{}")
+                .await;
+            (
+                response.status(),
+                response.headers().contains_key("idempotent-replayed"),
+            )
+        })
+    };
+    let first = send(&server);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let waiting = send(&server);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The handler and the request that waits for its outcome.
+    assert_eq!(server.shutdown.in_flight(), 2);
+    server.shutdown.shutdown();
+    tokio::time::timeout(Duration::from_secs(10), server.shutdown.drained())
+        .await
+        .expect("drained once both finished");
+    assert_eq!(server.shutdown.in_flight(), 0);
+    assert_eq!(first.await.unwrap(), (StatusCode::CREATED, false));
+    assert_eq!(waiting.await.unwrap(), (StatusCode::CREATED, true));
+    assert_eq!(server.ledger.executions("k15"), 1);
+}
+
+#[tokio::test]
 async fn leases_are_renewed_while_a_slow_handler_runs() {
     let store: Store = Cache::builder()
         .lease(Duration::from_millis(300))
