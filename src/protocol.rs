@@ -1065,8 +1065,9 @@ pub(crate) enum ClaimFound<K, V, S> {
     InProgress(Pending<K, V, S>),
     Mismatch,
     Full,
-    /// The caller holds the key: its flight, unguarded (a panic before it
-    /// is guarded or detached leaves the key held until the lease lapses).
+    /// The caller holds the key: its flight, unguarded (dropped without a
+    /// guard, by a panic or by the store, which ends it by its token, it
+    /// stays held until it is ended or its lease lapses).
     Acquired {
         hash: u64,
         flight: Arc<Flight<V>>,

@@ -684,11 +684,11 @@ where
     // checked against a shutdown that began while the body was read (see
     // `ShutdownState::start`): either this request sees the shutdown and
     // claims nothing, or `drained` waits for it, claim and handler both.
-    if !shared.shutdown.start() {
-        shared.shutdown.finished();
+    let open = shared.shutdown.start();
+    let counted = Counted(&shared.shutdown);
+    if !open {
         return Decided::Respond(shared.shutting_down(&parts.method, &parts.uri));
     }
-    let counted = Counted(&shared.shutdown);
     let trace_ref = trace.as_deref();
     let fingerprint = (shared.config.fingerprint)(&parts, &body);
     let claim_id = ClaimId::random();
@@ -903,9 +903,9 @@ impl<St: Store> Claim<St> {
 }
 
 /// A request counted by [`ShutdownState::start`] while it claims its key:
-/// dropped (the claim answered without acquiring, the store failed, the
-/// future was dropped), it ends the count; an acquired claim takes the
-/// count over ([`hand_over`](Self::hand_over)).
+/// dropped (the layer was closing, the claim answered without acquiring,
+/// the store failed, the future was dropped), it ends the count; an
+/// acquired claim takes the count over ([`hand_over`](Self::hand_over)).
 struct Counted<'a>(&'a ShutdownState);
 
 impl Counted<'_> {
