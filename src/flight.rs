@@ -175,20 +175,30 @@ impl<V> Flight<V> {
         };
         self.changed.notify_all();
         // A waker is the waiter's executor's code: one that panics must not
-        // leave the waiters after it asleep. All are woken, then the first
-        // panic goes on.
-        let mut panicked = None;
-        for waker in wakers.into_iter().flatten() {
-            if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| waker.wake())) {
-                panicked.get_or_insert(panic);
-            }
+        // leave the waiters after it asleep.
+        run_all(
+            wakers
+                .into_iter()
+                .flatten()
+                .map(|waker| move || waker.wake()),
+        );
+    }
+}
+
+/// Runs every task even if some panic, then resumes the first panic (unless
+/// the thread is already unwinding, where a second panic would abort).
+/// For wake-ups: one waiter's broken waker must not strand the others.
+pub(crate) fn run_all<F: FnOnce()>(tasks: impl IntoIterator<Item = F>) {
+    let mut panicked = None;
+    for task in tasks {
+        if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(task)) {
+            panicked.get_or_insert(panic);
         }
-        // Not while already unwinding: that would abort.
-        if let Some(panic) = panicked
-            && !std::thread::panicking()
-        {
-            std::panic::resume_unwind(panic);
-        }
+    }
+    if let Some(panic) = panicked
+        && !std::thread::panicking()
+    {
+        std::panic::resume_unwind(panic);
     }
 }
 

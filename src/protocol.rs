@@ -1065,9 +1065,9 @@ pub(crate) enum ClaimFound<K, V, S> {
     InProgress(Pending<K, V, S>),
     Mismatch,
     Full,
-    /// The caller holds the key: its flight, unguarded (dropped without a
-    /// guard, by a panic or by the store, which ends it by its token, it
-    /// stays held until it is ended or its lease lapses).
+    /// The caller holds the key. The flight is not guarded: if it is
+    /// dropped without one (a panic, or the store, which ends claims by
+    /// their tokens), the key stays held until its lease lapses.
     Acquired {
         hash: u64,
         flight: Arc<Flight<V>>,

@@ -7,9 +7,7 @@
 //! locks a shard and drops it after unlocking (`Engine::with_shard`), so the
 //! rule holds by construction.
 
-use std::panic::AssertUnwindSafe;
-
-use crate::flight::{Flight, Outcome};
+use crate::flight::{Flight, Outcome, run_all};
 use crate::shard::entries::Entry;
 use crate::sync::Arc;
 
@@ -100,23 +98,14 @@ impl<K, V> Drop for Graveyard<K, V> {
         // which may panic (the remaining fields are then still dropped).
         // A waker that panics (see `Flight::finish`) must not leave the
         // other flights' waiters asleep either.
-        let mut panicked = None;
-        for (flight, how) in self.ended.drain(..) {
-            let outcome = match how {
-                FlightEnd::Released => Outcome::Released,
-                FlightEnd::Lapsed => Outcome::Lapsed,
-                FlightEnd::Abandoned => Outcome::Abandoned,
-            };
-            let finish = AssertUnwindSafe(|| flight.finish(outcome));
-            if let Err(panic) = std::panic::catch_unwind(finish) {
-                panicked.get_or_insert(panic);
+        run_all(self.ended.drain(..).map(|(flight, how)| {
+            move || {
+                flight.finish(match how {
+                    FlightEnd::Released => Outcome::Released,
+                    FlightEnd::Lapsed => Outcome::Lapsed,
+                    FlightEnd::Abandoned => Outcome::Abandoned,
+                })
             }
-        }
-        // Not while already unwinding: that would abort.
-        if let Some(panic) = panicked
-            && !std::thread::panicking()
-        {
-            std::panic::resume_unwind(panic);
-        }
+        }));
     }
 }
